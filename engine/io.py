@@ -1,0 +1,70 @@
+"""Crash-safe file writes: every file of a run is written to a temporary name, flushed, then
+renamed into place with os.replace, so a killed process leaves either the old file or the new
+one, never half of one."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside `path`; on success fsync it and move it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield str(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_with(path, writer: Callable[[str], None]) -> None:
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    _write_with(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_write_png(path, array: np.ndarray) -> None:
+    """uint8 (H, W) or RGB (H, W, 3) array -> PNG."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array))
+    if not ok:
+        raise OSError(f"could not encode PNG for {path}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete `.name.tmp-PID` leftovers of a killed writer (they never became real files)."""
+    count = 0
+    for tmp in Path(folder).rglob(".*.tmp-*"):
+        tmp.unlink()
+        count += 1
+    return count
