@@ -1,0 +1,85 @@
+"""Picture of one active-learning query: which cells were labeled before, which were just queried.
+
+Panel layout (RGB, uint8, H x 2W): left the image with previously labeled cells tinted green and
+newly queried cells outlined in magenta; right the entropy map (JET colour map) with the same
+outlines. Magenta and green are the same in RGB and BGR order, so the panel reads correctly even if
+a caller writes it with cv2 without converting; JET contains no magenta, so outlines stay visible.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from query.pool import RegionGrid
+
+OUTLINE_COLOR = (255, 0, 255)  # magenta
+LABELED_TINT_COLOR = (0, 255, 0)  # green
+LABELED_TINT_ALPHA = 0.35
+
+
+def cell_border_mask(grid: RegionGrid, thickness: int) -> np.ndarray:
+    """(H, W) bool: pixels within ``thickness`` of the border of the cell they belong to."""
+    if thickness < 1:
+        raise ValueError(f"cell_border_mask: thickness must be >= 1, got {thickness}")
+    rh, rw = grid.region
+    rows = np.arange(grid.height)
+    cols = np.arange(grid.width)
+    # Distance of each pixel row/column to the nearest edge of its own (possibly smaller) cell.
+    row_offset = rows % rh
+    row_size = np.minimum(rh, grid.height - (rows // rh) * rh)
+    col_offset = cols % rw
+    col_size = np.minimum(rw, grid.width - (cols // rw) * rw)
+    row_edge = np.minimum(row_offset, row_size - 1 - row_offset) < thickness
+    col_edge = np.minimum(col_offset, col_size - 1 - col_offset) < thickness
+    return row_edge[:, None] | col_edge[None, :]
+
+
+def query_panel(image: np.ndarray, entropy, grid: RegionGrid, labeled_cells: np.ndarray,
+                new_cells: np.ndarray, entropy_max: float | None = None,
+                thickness: int = 2) -> np.ndarray:
+    """Side-by-side RGB panel (H, 2W, 3) uint8 of a query; see the module docstring.
+
+    ``labeled_cells`` are the cells labeled *before* this query and must not overlap
+    ``new_cells``. ``entropy_max`` fixes the colour scale (e.g. log(num_classes)) so panels of
+    different cycles compare; by default each panel is scaled to its own maximum.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.shape != (grid.height, grid.width, 3):
+        raise ValueError(f"query_panel: image must be uint8 ({grid.height}, {grid.width}, 3), "
+                         f"got dtype {image.dtype} shape {image.shape}")
+    if hasattr(entropy, "detach"):
+        entropy = entropy.detach().cpu().numpy()
+    entropy = np.asarray(entropy, dtype=np.float64)
+    if entropy.shape != (grid.height, grid.width):
+        raise ValueError(f"query_panel: entropy has shape {entropy.shape}, expected "
+                         f"({grid.height}, {grid.width})")
+    if not np.isfinite(entropy).all():
+        raise ValueError("query_panel: entropy contains NaN or inf")
+    for name, cells in (("labeled_cells", labeled_cells), ("new_cells", new_cells)):
+        cells = np.asarray(cells)
+        if cells.dtype != bool or cells.shape != grid.shape:
+            raise ValueError(f"query_panel: {name} must be bool {grid.shape}, got dtype "
+                             f"{cells.dtype} shape {cells.shape}")
+    labeled_cells = np.asarray(labeled_cells)
+    new_cells = np.asarray(new_cells)
+    if (labeled_cells & new_cells).any():
+        raise ValueError("query_panel: a newly queried cell is also marked as previously labeled; "
+                         "pass the labeled cells from before the query")
+
+    left = image.astype(np.float32)
+    tint = grid.expand(labeled_cells)
+    left[tint] = ((1.0 - LABELED_TINT_ALPHA) * left[tint]
+                  + LABELED_TINT_ALPHA * np.asarray(LABELED_TINT_COLOR, dtype=np.float32))
+    left = np.clip(np.rint(left), 0, 255).astype(np.uint8)
+
+    scale = float(entropy.max()) if entropy_max is None else float(entropy_max)
+    if scale < 0:
+        raise ValueError(f"query_panel: entropy_max must be >= 0, got {entropy_max!r}")
+    normalised = entropy / scale if scale > 0 else np.zeros_like(entropy)
+    gray = np.clip(np.rint(normalised * 255.0), 0, 255).astype(np.uint8)
+    right = cv2.cvtColor(cv2.applyColorMap(gray, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+    outline = grid.expand(new_cells) & cell_border_mask(grid, thickness)
+    left[outline] = OUTLINE_COLOR
+    right[outline] = OUTLINE_COLOR
+    return np.concatenate([left, right], axis=1)
