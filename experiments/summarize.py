@@ -1,0 +1,326 @@
+"""Put our runs next to the paper's numbers: a Markdown report and a Fig. 3-like plot.
+
+    python experiments/summarize.py [runs_dir=runs] [--out experiments/report.md]
+                                    [--plot experiments/fig3.png | --no-plot]
+
+Reads every ``summary.json`` under ``runs_dir`` (recursively: config names contain slashes),
+matches runs to ``experiments/paper_results.yaml`` by their ``"config"`` and prints/writes one
+table per paper table. An absent run is shown as ``missing``; a run whose summary says
+``"finished": false`` as ``unfinished (stage k/n)`` (k stages done, n = the summary's
+``num_stages`` or ``?``). Every number shown comes from a summary or from the paper.
+Difference = ours - paper.
+"""
+import argparse
+import re
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.run_summaries import (  # noqa: E402
+    DATASETS, DEFAULT_PAPER_RESULTS, EXPERIMENTS_DIR, dataset_of, is_active_learning_run,
+    labeled_pct_reaching, load_paper_results, load_runs, paper_config_names)
+
+DASH = "—"
+
+
+def _num(value):
+    return DASH if value is None else f"{value:.2f}"
+
+
+def _diff(ours, paper):
+    return DASH if ours is None or paper is None else f"{ours - paper:+.2f}"
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _run_label(run, runs_dir):
+    """The config name, plus the run directory when it is not the default runs/<config>."""
+    if run.run_dir.resolve() == (Path(runs_dir) / run.config).resolve():
+        return run.config
+    return f"{run.config} [{run.run_dir}]"
+
+
+MISSING = {"ours": "missing", "miou": None, "pct": DASH, "epochs": DASH, "wall": DASH,
+           "device": DASH}
+
+
+def _result_cells(run):
+    """Our side of a row: mIoU text (or status), mIoU, labeled %, epochs, wall time, device."""
+    if not run.finished:
+        return {"ours": run.status(), "miou": None, "pct": DASH, "epochs": DASH,
+                "wall": f"{_duration(run.wall_time_s)} so far", "device": run.device}
+    last = run.stages[-1]
+    return {"ours": _num(last["miou"]), "miou": last["miou"],
+            "pct": _num(last["labeled_pixel_pct"]), "epochs": str(last["epochs"]),
+            "wall": _duration(run.wall_time_s), "device": run.device}
+
+
+def _results_of(config, runs, runs_dir):
+    """(row label, our cells) for every run of a config, or one 'missing' row."""
+    found = runs.get(config, [])
+    if not found:
+        return [(config, MISSING)]
+    return [(_run_label(run, runs_dir), _result_cells(run)) for run in found]
+
+
+def _comparison_rows(entries, runs, runs_dir):
+    """Rows config | paper mIoU | ours | difference | labeled % | epochs | wall time | device.
+
+    entries: (config, paper mIoU or None, paper labeled % or None, paper epochs or None).
+    """
+    rows = []
+    for config, paper_miou, paper_pct, paper_epochs in entries:
+        for label, ours in _results_of(config, runs, runs_dir):
+            rows.append([label, _num(paper_miou), ours["ours"], _diff(ours["miou"], paper_miou),
+                         f"{_num(paper_pct)} / {ours['pct']}",
+                         f"{paper_epochs or DASH} / {ours['epochs']}", ours["wall"],
+                         ours["device"]])
+    return rows
+
+
+COMPARISON_HEADER = ["config", "paper mIoU", "ours", "difference",
+                     "labeled % (paper / ours)", "epochs (paper / ours)", "wall time", "device"]
+
+
+def _table1_section(paper, runs, runs_dir):
+    lines = []
+    for dataset in DATASETS:
+        entries = [(r["config"], r["miou"], r["labeled_pct"], r["epochs"])
+                   for r in paper["table1"][dataset]]
+        baseline = paper["random_baselines"][dataset]
+        twin = [r for r in paper["table1"][dataset] if r["config"] == baseline["entropy_twin"]][0]
+        entries.append((baseline["config"], None, twin["labeled_pct"], twin["epochs"]))
+        lines += [f"## Table 1 — active learning, {dataset}", ""]
+        lines += _table(COMPARISON_HEADER, _comparison_rows(entries, runs, runs_dir))
+        lines += [f"`{baseline['config']}` is the random-region query baseline of "
+                  f"`{baseline['entropy_twin']}` (no paper number).", ""]
+    return lines
+
+
+def _equal_and_supervised_section(paper, runs, runs_dir):
+    lines = ["## EquAL comparison (Sec. 4.2)", ""]
+    entries = [(e["config"], e["miou"], e["labeled_pct"], None) for e in paper["equal"]]
+    lines += _table(COMPARISON_HEADER, _comparison_rows(entries, runs, runs_dir))
+    for e in paper["equal"]:
+        others = ", ".join(f"{o['method']} {o['miou']:.2f} at {o['labeled_pct']:g}%"
+                           for o in e["others"])
+        lines.append(f"- {e['dataset']}: start {e['start_pct']:g}% -> {e['labeled_pct']:g}%; "
+                     f"paper's other methods: {others}.")
+    lines += ["", "## Supervised, 100% labels (Tables S3/S4 'Supervised' rows)", ""]
+    entries = [(paper["al_metric"][d]["supervised_config"],
+                paper["al_metric"][d]["paper_supervised_miou"], 100.0, None) for d in DATASETS]
+    return lines + _table(COMPARISON_HEADER, _comparison_rows(entries, runs, runs_dir))
+
+
+def _table_s1_section(paper, runs, runs_dir):
+    header = ["config", "LD images", "paper Run 1", "paper Run 2", "ours",
+              "difference (vs paper mean)", "labeled % (ours)", "epochs (paper / ours)",
+              "wall time", "device"]
+    rows = []
+    for entry in paper["tableS1"]:
+        run1, run2 = entry["miou_runs"]
+        mean = (run1 + run2) / 2
+        for label, ours in _results_of(entry["config"], runs, runs_dir):
+            rows.append([label, entry["labeled_images"], _num(run1), _num(run2), ours["ours"],
+                         _diff(ours["miou"], mean), ours["pct"],
+                         f"{entry['epochs']} / {ours['epochs']}", ours["wall"], ours["device"]])
+    lines = ["## Table S1 — semi-supervised learning, Cityscapes", ""]
+    lines += _table(header, rows)
+    lines += ["Seeds: every run directory whose summary names the config is listed "
+              "(e.g. `runs/<config>_seed1`).", ""]
+    return lines
+
+
+def _table_s2_section(paper, runs, runs_dir):
+    header = ["config", "ratio", "LD images", "backbone", "paper SupOnly", "paper SupOnly+Rep",
+              "ours (teacher stage)", "ours - SupOnly", "ours - SupOnly+Rep"]
+    rows = []
+    for e in paper["tableS2_suponly"]:
+        start = [e["ratio"], e["labeled_images"], e["backbone"], _num(e["suponly"]),
+                 _num(e["suponly_rep"])]
+        found = runs.get(e["config"], [])
+        if not found:
+            rows.append([e["config"]] + start + ["missing", DASH, DASH])
+        for run in found:
+            stage = run.stage_named(e["stage"])
+            if stage is None:
+                why = f"no '{e['stage']}' stage" + ("" if run.finished else f" ({run.status()})")
+                rows.append([_run_label(run, runs_dir)] + start + [why, DASH, DASH])
+            else:
+                rows.append([_run_label(run, runs_dir)] + start +
+                            [_num(stage["miou"]), _diff(stage["miou"], e["suponly"]),
+                             _diff(stage["miou"], e["suponly_rep"])])
+    lines = ["## Table S2 — SupOnly columns (our teacher stage of the Table S1 config)", ""]
+    return lines + _table(header, rows)
+
+
+def _normalized(name):
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+def _per_class_values(run, class_specs):
+    """Our last stage's IoU per paper column, matched by name; an unmatched class is an error."""
+    ours = {_normalized(name): value for name, value in run.stages[-1]["per_class_iou"].items()}
+    values = []
+    for spec in class_specs:
+        hits = {n for n in map(_normalized, spec["names"]) if n in ours}
+        if len(hits) != 1:
+            raise ValueError(
+                f"{run.run_dir / 'summary.json'}: per_class_iou of the last stage has "
+                f"{'no' if not hits else 'several'} class(es) for paper column "
+                f"'{spec['paper']}' (accepted names {spec['names']}, found {sorted(ours)})")
+        values.append(ours[hits.pop()])
+    return values
+
+
+def _per_class_section(paper, table_key, runs, runs_dir):
+    table = paper[table_key]
+    specs = table["classes"]
+    header = ["row"] + [spec["paper"] for spec in specs] + ["mIoU"]
+    rows = []
+    for row in table["rows"]:
+        rows.append([f"paper: {row['label']}"] + [_num(v) for v in row["iou"]] +
+                    [_num(row["miou"])])
+        if row["config"] is None:
+            continue  # another method's row: a reference line only
+        found = runs.get(row["config"], [])
+        if not found:
+            rows.append([f"ours: {row['config']} — missing"] + [DASH] * (len(specs) + 1))
+        for run in found:
+            label = f"ours: {_run_label(run, runs_dir)}"
+            if not run.finished:
+                rows.append([f"{label} — {run.status()}"] + [DASH] * (len(specs) + 1))
+                continue
+            values = _per_class_values(run, specs)
+            rows.append([label] + [_num(v) for v in values] + [_num(run.final_miou)])
+            rows.append(["difference"] + [_diff(o, p) for o, p in zip(values, row["iou"])] +
+                        [_diff(run.final_miou, row["miou"])])
+    title = {"tableS3": "Table S3 — per-class IoU, CamVid",
+             "tableS4": "Table S4 — per-class IoU, Cityscapes"}[table_key]
+    return [f"## {title}", ""] + _table(header, rows)
+
+
+def _al_metric_section(paper, runs, runs_dir):
+    metric = paper["al_metric"]
+    fraction = metric["fraction_of_supervised"]
+    header = ["dataset", "paper's claim", "from the paper's Table 1 points", "AL run",
+              "supervised run (ours)", f"{fraction:.0%} level", "ours: first labeled % reaching it"]
+    rows = []
+    for dataset in DATASETS:
+        spec = metric[dataset]
+        paper_curve = [(r["labeled_pct"], r["miou"]) for r in paper["table1"][dataset]]
+        from_paper = labeled_pct_reaching(paper_curve, spec["paper_supervised_miou"], fraction)
+        start = [dataset, f"{spec['paper_labeled_pct']:g}%",
+                 "not reached" if from_paper is None else f"{from_paper:g}%"]
+        al_runs = [run for found in runs.values() for run in found
+                   if dataset_of(run.config) == dataset and is_active_learning_run(run)]
+        supervised = [r for r in runs.get(spec["supervised_config"], []) if r.finished]
+        if not al_runs:
+            rows.append(start + ["no AL run", DASH, DASH, DASH])
+        for run in al_runs:
+            if not supervised:
+                rows.append(start + [_run_label(run, runs_dir), "no supervised run", DASH,
+                                     "no supervised run"])
+            for sup in supervised:
+                pct = labeled_pct_reaching(run.curve, sup.final_miou, fraction)
+                rows.append(start + [_run_label(run, runs_dir),
+                                     f"{_run_label(sup, runs_dir)}: {_num(sup.final_miou)}",
+                                     _num(fraction * sup.final_miou),
+                                     "not reached" if pct is None else f"{pct:g}%"])
+    lines = [f"## Active-learning metric: labeled pixel % at {fraction:.0%} of supervised", ""]
+    lines += _table(header, rows)
+    lines += ["'From the paper's Table 1 points' applies the same rule to the paper's own "
+              "Table 1 (x = labeled % of each row) and its supervised mIoU (Tables S3/S4).", ""]
+    return lines
+
+
+def _other_runs_section(paper, runs, runs_dir):
+    known = set(paper_config_names(paper))
+    rows = []
+    for config in sorted(set(runs) - known):
+        for run in runs[config]:
+            last = run.stages[-1] if run.stages else None
+            rows.append([_run_label(run, runs_dir), run.status(),
+                         _num(run.final_miou) if run.finished else DASH,
+                         _num(last["labeled_pixel_pct"]) if last else DASH,
+                         len(run.stages), _duration(run.wall_time_s), run.device])
+    if not rows:
+        return []
+    header = ["config", "status", "final mIoU", "labeled %", "stages", "wall time", "device"]
+    return ["## Other runs (no paper number)", ""] + _table(header, rows)
+
+
+def build_report(paper, runs, runs_dir, plot_note=None):
+    """The whole Markdown report as one string."""
+    count = sum(len(found) for found in runs.values())
+    lines = ["# S4AL+: our runs next to the paper", "",
+             f"Runs directory: `{runs_dir}` ({count} run(s) found). "
+             "Difference = ours - paper; mIoU, IoU and labeled % are percentages; "
+             "'unfinished (stage k/n)' = k of n stages done.", ""]
+    lines += _table1_section(paper, runs, runs_dir)
+    lines += _equal_and_supervised_section(paper, runs, runs_dir)
+    lines += _al_metric_section(paper, runs, runs_dir)
+    lines += _table_s1_section(paper, runs, runs_dir)
+    lines += _table_s2_section(paper, runs, runs_dir)
+    lines += _per_class_section(paper, "tableS3", runs, runs_dir)
+    lines += _per_class_section(paper, "tableS4", runs, runs_dir)
+    lines += _other_runs_section(paper, runs, runs_dir)
+    if plot_note is not None:
+        path, skipped = plot_note
+        lines.append(f"Fig. 3-like plot: `{path}`.")
+        if skipped:
+            lines.append("Not plotted (dataset not in the config name): "
+                         + ", ".join(f"`{name}`" for name in skipped) + ".")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summarize(runs_dir, paper_path=DEFAULT_PAPER_RESULTS, plot_path=None):
+    """Build the report text (and write the plot when plot_path is given)."""
+    paper = load_paper_results(paper_path)
+    runs = load_runs(runs_dir)
+    plot_note = None
+    if plot_path is not None:
+        from experiments.plot import plot_fig3  # matplotlib is optional: only needed here
+        plot_note = (plot_path, plot_fig3(runs, paper, plot_path))
+    return build_report(paper, runs, runs_dir, plot_note)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Summarise runs next to the paper's numbers.")
+    parser.add_argument("runs_dir", nargs="?", default="runs")
+    parser.add_argument("--out", default=str(EXPERIMENTS_DIR / "report.md"),
+                        help="where to write the Markdown report")
+    parser.add_argument("--plot", default=str(EXPERIMENTS_DIR / "fig3.png"),
+                        help="where to write the Fig. 3-like PNG (needs matplotlib)")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+    parser.add_argument("--paper", default=str(DEFAULT_PAPER_RESULTS), help="paper numbers (YAML)")
+    args = parser.parse_args(argv)
+    text = summarize(args.runs_dir, args.paper, None if args.no_plot else args.plot)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)  # atomic, like every file the project writes
+    print(text)
+    print(f"report written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
