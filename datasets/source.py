@@ -1,0 +1,168 @@
+"""A segmentation source: an indexed list of (image, label) files, read at a working resolution.
+
+Dataset-specific code (camvid.py, cityscapes.py) only builds the list of `SourceEntry`s; the
+reading, validation and resizing below are shared, so every dataset fails the same way on bad
+input: one exception whose message names the offending file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .classes import INVALID
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    id: str
+    image_path: str
+    label_path: str
+    label_lut: np.ndarray  # 256-entry raw value -> train id table, see classes.py
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Decode an image file to uint8 RGB (H, W, 3); a missing or undecodable file is an error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot decode image file (corrupt or not an image): {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_label_png(path: str) -> np.ndarray:
+    """Decode a single-channel 8-bit label image to uint8 (H, W), unchanged values."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"label file not found: {path}")
+    lab = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise ValueError(f"cannot decode label file (corrupt or not an image): {path}")
+    if lab.ndim != 2 or lab.dtype != np.uint8:
+        raise ValueError(f"label file must be a single-channel 8-bit image, got shape {lab.shape} "
+                         f"dtype {lab.dtype}: {path}")
+    return lab
+
+
+def map_label(raw: np.ndarray, lut: np.ndarray, path: str, num_classes: int) -> np.ndarray:
+    """Map raw label values to train ids; values the LUT marks invalid are an error naming `path`."""
+    mapped = lut[raw]
+    if (mapped == INVALID).any():
+        bad = np.unique(raw[mapped == INVALID])
+        raise ValueError(f"label values {bad.tolist()} out of range (expected train ids "
+                         f"0..{num_classes - 1} or ignore) in {path}")
+    return mapped.astype(np.uint8)
+
+
+def resize_pair(img: np.ndarray, lab: np.ndarray, size: tuple[int, int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to (h, w): image with area averaging when shrinking, bilinear when growing;
+    label always nearest, so no label value is ever invented. INTER_NEAREST_EXACT samples at
+    pixel centres (like PIL); plain INTER_NEAREST floors and shifts labels by up to half a
+    source pixel against the image."""
+    h, w = size
+    if img.shape[:2] == (h, w):
+        return img, lab
+    shrinking = h * w < img.shape[0] * img.shape[1]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    img = cv2.resize(img, (w, h), interpolation=interp)
+    lab = cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return img, lab
+
+
+def read_list_file(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Parse a split list: one `image label` pair per non-empty line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split list file not found: {path}")
+    pairs = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{line_no}: expected 'image label', got {line!r}")
+        pairs.append((fields[0], fields[1]))
+    if not pairs:
+        raise ValueError(f"split list file lists no images: {path}")
+    return pairs
+
+
+def parse_resize(resize) -> tuple[int, int] | None:
+    if resize is None:
+        return None
+    if (not isinstance(resize, (tuple, list)) or len(resize) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                       for v in resize)):
+        raise ValueError(f"resize must be None or (height, width) positive ints, got {resize!r}")
+    return int(resize[0]), int(resize[1])
+
+
+class SegmentationSource:
+    """Images and labels of one split of one dataset.
+
+    `read(i)` returns the i-th pair at the working resolution (`resize`, or native size), with
+    labels as train ids (0..num_classes-1) and 255 = ignore.
+    """
+
+    def __init__(self, root: str | os.PathLike, classes: Sequence[str],
+                 entries: Sequence[SourceEntry], resize=None, name: str = ""):
+        self.root = Path(root)
+        self.classes = tuple(classes)
+        self.num_classes = len(self.classes)
+        self.resize = parse_resize(resize)
+        self.name = name
+        self._entries = list(entries)
+        if not self._entries:
+            raise ValueError(f"dataset {name or ''} at {self.root} has no images")
+        seen: dict[str, str] = {}
+        for entry in self._entries:
+            if entry.id in seen:
+                raise ValueError(f"duplicate image id {entry.id!r}: {seen[entry.id]} and "
+                                 f"{entry.image_path}")
+            seen[entry.id] = entry.image_path
+        self.ids = [entry.id for entry in self._entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return (f"SegmentationSource({self.name!r}, root={str(self.root)!r}, images={len(self)}, "
+                f"classes={self.num_classes}, resize={self.resize})")
+
+    def image_path(self, i: int) -> str:
+        return self._entries[i].image_path
+
+    def label_path(self, i: int) -> str:
+        return self._entries[i].label_path
+
+    def check_files(self) -> None:
+        """Check that every listed file exists (no decoding, so it is cheap on big datasets)."""
+        for entry in self._entries:
+            for kind, path in (("image", entry.image_path), ("label", entry.label_path)):
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"{kind} file listed for {entry.id!r} not found: {path}")
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 RGB (H, W, 3), uint8 train-id label (H, W)) at the working resolution."""
+        entry = self._entries[i]
+        img = read_rgb(entry.image_path)
+        raw = read_label_png(entry.label_path)
+        if img.shape[:2] != raw.shape:
+            raise ValueError(f"image/label size mismatch: {entry.image_path} is "
+                             f"{img.shape[0]}x{img.shape[1]}, {entry.label_path} is "
+                             f"{raw.shape[0]}x{raw.shape[1]}")
+        lab = map_label(raw, entry.label_lut, entry.label_path, self.num_classes)
+        if self.resize is not None:
+            img, lab = resize_pair(img, lab, self.resize)
+        return img, lab
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """(H, W) at the working resolution (decodes the label only when not resized)."""
+        if self.resize is not None:
+            return self.resize
+        return read_label_png(self._entries[i].label_path).shape
