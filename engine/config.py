@@ -167,7 +167,7 @@ SCHEMA: dict = {
     "runtime": {
         "device": Field("str", "auto", choices=("auto", "cpu", "cuda")),
         "amp": Field("str", "auto", choices=("auto", "none", "bf16", "fp16"),
-                     doc="auto = bf16 on CUDA, none (fp32) on CPU"),
+                     doc="auto = bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32"),
         "channels_last": Field("bool", True),
         "checkpoint_every": Field("int", 100, doc="steps between resumable checkpoints"),
         "log_every": Field("int", 10, doc="steps between TensorBoard scalars"),

@@ -16,6 +16,7 @@ import numpy as np
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success fsync it and move it over `path`."""
+    from engine import faults
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -23,6 +24,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield str(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        faults.reached(f"before_replace{path.suffix}")  # e.g. killed while saving a .pth
         os.replace(tmp, path)
     finally:
         if tmp.exists():

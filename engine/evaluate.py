@@ -1,0 +1,61 @@
+"""mIoU evaluation: a confusion matrix accumulated on every rank's shard, summed over ranks."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine import distributed as dist_utils
+from engine.data import eval_transform, ordered_loader
+from engine.inference import predict_probs
+
+IGNORE = 255
+
+
+def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) int64 counts, rows = ground truth, columns = prediction; ignore pixels skipped."""
+    valid = label != IGNORE
+    index = label[valid].long() * num_classes + pred[valid].long()
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
+    """Per-class IoU; NaN for a class absent from both ground truth and prediction."""
+    conf = np.asarray(conf, dtype=np.float64)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def miou_from_confusion(conf: np.ndarray) -> float:
+    iou = iou_from_confusion(conf)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
+
+
+@torch.no_grad()
+def evaluate(model, src, cfg, ctx, *, amp: str, desc: str = "eval") -> dict:
+    """mIoU and per-class IoU (percent) of `model` on every image of `src`."""
+    from datasets import full_view
+
+    model.eval()
+    view = full_view(src, eval_transform())
+    indices = dist_utils.shard(list(range(len(view))), ctx)
+    loader = ordered_loader(view, indices, cfg.eval.batch_size, ctx, workers=min(cfg.data.workers, 2))
+    conf = torch.zeros(src.num_classes, src.num_classes, dtype=torch.int64, device=ctx.device)
+    for batch in tqdm(loader, desc=desc, disable=not ctx.is_main, leave=False, dynamic_ncols=True):
+        images = batch["image"].to(ctx.device, non_blocking=True)
+        labels = batch["label"].to(ctx.device, non_blocking=True)
+        probs = predict_probs(model, images, num_classes=src.num_classes, flip=cfg.eval.flip,
+                              mode=cfg.eval.mode, window=cfg.eval.window, stride=cfg.eval.stride,
+                              amp=amp, channels_last=cfg.runtime.channels_last)
+        conf += confusion_matrix(probs.argmax(1), labels, src.num_classes)
+    dist_utils.all_reduce_sum(conf, ctx)
+    conf = conf.cpu().numpy()
+    iou = iou_from_confusion(conf)
+    return {
+        "miou": 100.0 * miou_from_confusion(conf),
+        "per_class_iou": {name: (None if np.isnan(v) else 100.0 * float(v)) for name, v in zip(src.classes, iou)},
+        "pixel_acc": 100.0 * float(np.trace(conf) / max(conf.sum(), 1)),
+        "num_images": len(src),
+    }

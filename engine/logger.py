@@ -1,0 +1,68 @@
+"""Run logging on rank 0: a plain-text log (config first), TensorBoard scalars and images.
+Other ranks get a logger that does nothing, so call sites need no `if rank == 0`."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# CamVid's usual colours first; the rest are distinct enough for 19 Cityscapes classes.
+PALETTE = np.array([
+    [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [0, 0, 192], [128, 128, 0],
+    [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [220, 20, 60],
+    [0, 0, 142], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32], [250, 170, 30],
+    [220, 220, 0],
+], dtype=np.uint8)
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """(H, W) class ids (255 = ignore, drawn black) -> (H, W, 3) uint8."""
+    out = np.zeros(label.shape + (3,), dtype=np.uint8)
+    valid = label != 255
+    out[valid] = PALETTE[label[valid] % len(PALETTE)]
+    return out
+
+
+class RunLogger:
+    def __init__(self, run_dir, enabled: bool):
+        self.enabled = enabled
+        self._tb = None
+        self.run_dir = Path(run_dir)
+        self._text = None
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._text = open(self.run_dir / "log.txt", "a", buffering=1)
+
+    def log(self, message: str, echo: bool = True) -> None:
+        """Append to log.txt; also print unless echo=False (the full config goes to the file only)."""
+        if not self.enabled:
+            return
+        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}"
+        if echo:
+            print(message, file=sys.stdout, flush=True)
+        self._text.write(line + "\n")
+
+    @property
+    def tb(self):
+        if self._tb is None and self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        return self._tb
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.enabled:
+            for key, value in values.items():
+                if value is not None:
+                    self.tb.add_scalar(key, value, step)
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
+        if self.enabled:
+            self.tb.add_image(tag, image_hwc, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._text is not None:
+            self._text.close()

@@ -1,0 +1,321 @@
+"""The steps a run is made of, as methods of one `Experiment`: validate, scan, train a stage,
+pseudo-label the pool, query regions, summarise. train_al.py and train_ssl.py call these in
+the paper's order; everything they share lives here."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets import SegmentationView
+from datasets.view import ViewItem
+from engine import checkpoint as ckpt
+from engine import data as data_utils
+from engine import distributed as dist_utils
+from engine import faults
+from engine.config import ConfigError, dump_config
+from engine.inference import resolve_amp
+from engine.io import atomic_write_json, atomic_write_png, read_json
+from engine.logger import RunLogger
+from engine.optim import make_model
+from engine.run import RunDirectory, check_output_dir, describe_device, read_stage_record
+from engine.stages import (REP_HEAD, copy_finished_stage, fresh_model, load_weights, reusable_stages,
+                           scan_source, train_and_evaluate)
+from models.availability import check_pretrained, pretrained_status
+from query import scoring
+from query.pool import LabelPool, RegionGrid
+from query.pseudo import pseudo_label_file, pseudo_label_pass
+from query.visualize import query_panel
+
+
+class Experiment:
+    """Everything a run knows: config, data, run directory, logger. Built by `prepare`."""
+
+    # ------------------------------------------------------------------ validation (nothing written)
+    def __init__(self, cfg, ctx, *, dry_run: bool, overwrite: bool, overrides=()):
+        self.cfg, self.ctx, self.dry_run, self.overwrite = cfg, ctx, dry_run, overwrite
+        self.amp = resolve_amp(cfg.runtime.amp, ctx.device)
+        if cfg.deterministic:
+            # CPU fp32 runs are then bit-reproducible. Some CUDA kernels (bilinear upsampling's
+            # backward) have no deterministic version: on CUDA torch warns about them instead.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=ctx.device.type == "cuda")
+            torch.backends.cudnn.benchmark = False
+        if cfg.data.dataset != "synthetic":
+            data_utils.prepare_data_root(cfg)  # real data: only checks that the root exists
+        elif not dry_run and ctx.is_main:
+            data_utils.prepare_data_root(cfg)  # generated once, atomically, by rank 0
+        dist_utils.barrier(ctx)
+        synthetic_missing = cfg.data.dataset == "synthetic" and not Path(cfg.data.root).is_dir()
+        self.pool_src = None if synthetic_missing else data_utils.source(cfg, cfg.data.train_split)
+        self.eval_src = None if synthetic_missing else data_utils.source(cfg, cfg.data.eval_split)
+        self.labeled_ids = None
+        if cfg.data.labeled_split and not synthetic_missing:
+            self.labeled_ids = data_utils.source(cfg, cfg.data.labeled_split).ids
+        self.grid = self._grid() if self.pool_src is not None else None
+        self._check_budget()
+        self.weights_note = pretrained_status(cfg.model.backbone, cfg.model.pretrained)
+        if not dry_run and self._needs_pretrained():
+            check_pretrained(cfg.model.backbone, cfg.model.output_stride, cfg.model.pretrained)
+        self.reuse_dir, self.reusable = reusable_stages(cfg, overrides)
+        if cfg.init_from and not dry_run and not (self.reuse_dir / "config.yaml").is_file():
+            raise ConfigError(f"init_from: run {cfg.init_from!r} has no run directory at {self.reuse_dir}; "
+                              f"run it first (or remove init_from)")
+        check_output_dir(cfg, overwrite)
+
+    def _needs_pretrained(self) -> bool:
+        return any(s.init == "pretrained" for s in self.cfg.stages.values())
+
+    def _grid(self) -> RegionGrid:
+        h, w = self.pool_src.image_size(0) if len(self.pool_src) else (0, 0)
+        region = tuple(self.cfg.query.region_size)
+        if self.has_queries and (region[0] > h or region[1] > w):
+            raise ConfigError(f"query.region_size {list(region)} is larger than the images ({h}x{w})")
+        return RegionGrid(h, w, region if self.has_queries else (h, w))
+
+    @property
+    def has_queries(self) -> bool:
+        return any(s.kind == "query" for s in self.cfg.stages.values())
+
+    def _check_budget(self) -> None:
+        q, n = self.cfg.query, len(self.pool_src) if self.pool_src is not None else None
+        if n is not None and self.labeled_ids is None and round(q.initial_fraction * n) < 1:
+            raise ConfigError(f"query.initial_fraction {q.initial_fraction} of {n} images labels no image")
+        if not self.has_queries or self.grid is None:
+            return
+        gh, gw = self.grid.shape
+        if q.selection == "per_image" and q.regions_per_image > gh * gw:
+            raise ConfigError(f"query.regions_per_image {q.regions_per_image} exceeds the {gh}x{gw} "
+                              f"regions of an image")
+        cycles = sum(s.kind == "query" for s in self.cfg.stages.values())
+        start = q.initial_fraction if self.labeled_ids is None else len(self.labeled_ids) / n
+        if q.selection == "global" and start * 100 + cycles * q.budget_pct > 100:
+            raise ConfigError(f"query.budget_pct {q.budget_pct} x {cycles} cycles plus the initial "
+                              f"{start:.1%} is more than the whole pool")
+
+    # ------------------------------------------------------------------ dry run
+    def describe(self) -> str:
+        cfg = self.cfg
+        model = make_model(cfg, self._num_classes(), rep_head=True, noise=False, pretrained="none")
+        params = sum(p.numel() for p in model.parameters())
+        lines = [f"config: {cfg.name}", f"output_dir: {cfg.output_dir}",
+                 f"device: {self.ctx.device} (amp: {self.amp}), world size {self.ctx.world_size}",
+                 f"model: DeepLabv3+ {cfg.model.backbone} OS{cfg.model.output_stride}, {params / 1e6:.2f}M parameters",
+                 f"pretrained {cfg.model.pretrained!r}: {self.weights_note['message']}"]
+        if self.pool_src is None:
+            lines.append(f"data: synthetic set not generated yet at {cfg.data.root} (a real run generates it)")
+        else:
+            lines.append(f"data: {cfg.data.dataset} train pool {len(self.pool_src)} images "
+                         f"({self.grid.height}x{self.grid.width}), eval '{cfg.data.eval_split}' {len(self.eval_src)} images")
+            labeled = len(self.labeled_ids) if self.labeled_ids is not None else round(cfg.query.initial_fraction * len(self.pool_src))
+            lines.append(f"initial labeled images: {labeled}; regions {self.grid.shape} of {list(self.grid.region)} px")
+        for i, (name, s) in enumerate(cfg.stages.items()):
+            reuse = " (reused from init_from)" if name in self.reusable else ""
+            lines.append(f"stage {i} {name}: {s.kind}, {s.epochs} ep x {s.iters_per_epoch} it = "
+                         f"{s.epochs * s.iters_per_epoch} steps, batch {s.batch_labeled}+{s.batch_unlabeled}, "
+                         f"ReCo {s.reco}, init {s.init}, noise {s.noise}{reuse}")
+        return "\n".join(lines)
+
+    def _num_classes(self) -> int:
+        return self.pool_src.num_classes if self.pool_src is not None else 11
+
+    # ------------------------------------------------------------------ start (run directory)
+    def start(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        self.run = RunDirectory(cfg, ctx, self.overwrite)
+        self.logger = RunLogger(self.run.root, enabled=ctx.is_main)
+        self.logger.log("resolved config:\n" + dump_config(cfg), echo=False)
+        self.logger.log(self.describe())
+        self.device_name = describe_device(ctx)
+        self.valid_counts = scan_source(self.pool_src, self.grid, ctx, cache=self.run.root / "data_check.npz",
+                                        workers=cfg.data.workers)
+        scan_source(self.eval_src, None, ctx, cache=self.run.root / "data_check_eval.npz", workers=cfg.data.workers)
+        self.records: list[dict] = []
+
+    def initial_pool(self) -> LabelPool:
+        ids, q = self.pool_src.ids, self.cfg.query
+        if self.labeled_ids is not None:
+            return LabelPool.from_labeled_ids(ids, self.grid, self.labeled_ids)
+        return LabelPool.initial(ids, self.grid, fraction=q.initial_fraction, seed=self.cfg.seed)
+
+    def labeled_pct(self, pool: LabelPool) -> float:
+        return 100.0 * pool.labeled_pixel_fraction()
+
+    # ------------------------------------------------------------------ finished / reused stages
+    def finished_stage(self, index: int, name: str):
+        """(pool, weights) of a stage finished earlier — in this run or, via init_from, another."""
+        stage_dir = self.run.stage_dir(index, name)
+        source_dir = self.reuse_dir / stage_dir.name if self.reuse_dir else None
+        if not RunDirectory.stage_done(stage_dir) and name in self.reusable and RunDirectory.stage_done(source_dir):
+            if self.ctx.is_main:
+                copy_finished_stage(source_dir, stage_dir)
+                self.logger.log(f"[{name}] reused from {source_dir}")
+            dist_utils.barrier(self.ctx)
+        if not RunDirectory.stage_done(stage_dir):
+            return None
+        record = read_stage_record(stage_dir)
+        self.records.append(record)
+        self.logger.log(f"[{name}] already finished: mIoU {record['miou']:.2f}")
+        return LabelPool.load(stage_dir / "pool.npz"), load_weights(stage_dir / "weights.pth")
+
+    # ------------------------------------------------------------------ pseudo labels (+ scores)
+    def pseudo_label(self, index: int, name: str, teacher_state: dict, pool: LabelPool, *, score: bool) -> dict:
+        """Teacher inference over every image not fully labeled: pseudo-label PNGs, and the
+        per-region entropy when the stage queries. Kept on disk so a resumed stage skips it."""
+        stage_dir = self.run.stage_dir(index, name)
+        done = stage_dir / "pseudo_done.npz"
+        if done.is_file():
+            return _load_pass(done)
+        started = time.time()
+        teacher = make_model(self.cfg, self.pool_src.num_classes, rep_head=False, noise=False, pretrained="none")
+        teacher.load_state_dict({k: v for k, v in teacher_state.items() if not k.startswith(REP_HEAD)})
+        teacher.to(self.ctx.device)
+        if self.cfg.runtime.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        todo = [i for i in range(len(pool)) if not pool.cells[i].all()]
+        vis = todo[: self.cfg.query.vis_images] if score else []
+        out = pseudo_label_pass(teacher, self.pool_src, todo, self.cfg, self.ctx, amp=self.amp,
+                                out_dir=stage_dir / "pseudo", grid=self.grid if score else None,
+                                keep_entropy_for=vis)
+        out["seconds"] = time.time() - started
+        if self.ctx.is_main:
+            _save_pass(done, out, len(pool), self.grid.shape)
+        dist_utils.barrier(self.ctx)
+        self.logger.log(f"[{name}] pseudo-labeled {len(todo)} images in {out['seconds']:.0f}s")
+        return _load_pass(done)
+
+    # ------------------------------------------------------------------ query
+    def query(self, index: int, name: str, pool: LabelPool, scored: dict) -> LabelPool:
+        """Select regions from the gathered scores (identical on every rank) and reveal them."""
+        q, n = self.cfg.query, len(pool)
+        void = 1.0 - self.valid_counts / self.grid.cell_areas
+        eligible = scoring.eligible_cells(pool.cells, void, q.max_void_fraction) & scored["has_scores"][:, None, None]
+        if q.selection == "per_image":
+            k, total, budget = q.regions_per_image, None, q.regions_per_image * n
+        else:
+            cell_area = q.region_size[0] * q.region_size[1]
+            k, total = None, int(q.budget_pct / 100 * n * self.grid.height * self.grid.width // cell_area)
+            budget = total
+        if q.strategy == "random":
+            new = scoring.select_random(eligible, k_per_image=k, n_total=total, seed=self.cfg.seed * 1000 + index)
+        elif k is not None:
+            new = scoring.select_topk_per_image(scored["scores"], eligible, k)
+        else:
+            new = scoring.select_topk_global(scored["scores"], eligible, total)
+        faults.reached("before_reveal")
+        next_pool = pool.reveal(new, budget)
+        next_pool.check_grows_from(pool)
+        self._query_panels(index, name, pool, new, scored)
+        pct = self.labeled_pct(next_pool)
+        self.logger.log(f"[{name}] queried {int(new.sum())} regions ({q.strategy}, {q.selection}); "
+                        f"labeled pixels {self.labeled_pct(pool):.2f}% -> {pct:.2f}%")
+        return next_pool
+
+    def _query_panels(self, index, name, pool, new, scored) -> None:
+        if not self.ctx.is_main:
+            return
+        folder = self.run.stage_dir(index, name) / "query_vis"
+        max_entropy = float(np.log(self.pool_src.num_classes))
+        for i, entropy in scored["entropy"].items():
+            image, _ = self.pool_src.read(i)
+            panel = query_panel(image, entropy.astype(np.float32), self.grid, pool.cells[i], new[i],
+                                entropy_max=max_entropy)
+            atomic_write_png(folder / f"{self.pool_src.ids[i].replace('/', '__')}.png", panel)
+            self.logger.image(f"{name}/query_{self.pool_src.ids[i]}", panel, index)
+
+    # ------------------------------------------------------------------ training
+    def views(self, pool: LabelPool, pseudo_dir: Path | None):
+        """Labeled view (weak aug): fully labeled images, plus — when there are no pseudo labels —
+        the revealed regions of partially labeled ones. Pseudo view (strong aug): every other image,
+        ground truth in its revealed regions and the teacher's confident labels elsewhere."""
+        full = set(pool.fully_labeled())
+        labeled, pseudo = [], []
+        for i in range(len(pool)):
+            cells = pool.cells[i]
+            if i in full:
+                labeled.append(ViewItem(i, "all", None))
+            elif pseudo_dir is None:
+                if cells.any():
+                    labeled.append(ViewItem(i, cells.copy(), None))
+            else:
+                path = str(pseudo_label_file(pseudo_dir, self.pool_src.ids[i]))
+                pseudo.append(ViewItem(i, cells.copy() if cells.any() else None, path))
+        region = self.grid.region
+        weak = SegmentationView(self.pool_src, labeled, data_utils.weak_aug(self.cfg), region_size=region)
+        strong = SegmentationView(self.pool_src, pseudo, data_utils.strong_aug(self.cfg), region_size=region) \
+            if pseudo_dir is not None else None
+        return weak, strong
+
+    def train(self, index: int, name: str, stage, pool: LabelPool, teacher_state: dict | None,
+              pseudo: dict | None) -> dict:
+        stage_dir = self.run.stage_dir(index, name)
+        if self.ctx.is_main:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            pool.save(stage_dir / "pool.npz")
+        # Seed per stage (same on every rank): a stage's fresh weights and noise do not depend on
+        # whether earlier stages ran in this process or were loaded after a restart.
+        seed_everything(self.cfg.seed * 100 + index)
+        model = fresh_model(self.cfg, stage, self.pool_src.num_classes, teacher_state)
+        labeled_view, pseudo_view = self.views(pool, stage_dir / "pseudo" if pseudo is not None else None)
+        extra = {"pool": {"labeled_pixel_pct": self.labeled_pct(pool),
+                          "labeled_valid_pixel_pct": 100.0 * pool.labeled_valid_pixel_fraction(self.valid_counts),
+                          "history": pool.history}}
+        record = train_and_evaluate(cfg=self.cfg, ctx=self.ctx, run=self.run, logger=self.logger, index=index,
+                                    name=name, stage=stage, model=model, labeled_view=labeled_view,
+                                    unlabeled_view=pseudo_view, eval_src=self.eval_src, amp=self.amp,
+                                    labeled_pct=self.labeled_pct(pool), extra_metrics=extra,
+                                    extra_wall_s=pseudo["seconds"] if pseudo else 0.0)
+        self.records.append(record)
+        self.write_summary(finished=False)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    # ------------------------------------------------------------------ summary
+    def write_summary(self, finished: bool) -> None:
+        self.run.write_summary(self.cfg, self.records, self.pool_src.classes, self.device_name, finished,
+                               num_stages=len(self.cfg.stages))
+
+    def finish(self) -> None:
+        self.write_summary(finished=True)
+        self.logger.log(results_table(self.records, self.pool_src.classes))
+        self.logger.log(f"summary: {self.run.root / 'summary.json'}  "
+                        f"TensorBoard: tensorboard --logdir {self.run.root / 'tensorboard'}")
+        self.logger.close()
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def results_table(records: list[dict], classes) -> str:
+    short = [c[:8] for c in classes]
+    head = f"{'stage':<14}{'kind':<11}{'labeled %':>10}{'mIoU':>7}  " + " ".join(f"{c:>8}" for c in short)
+    lines = [head, "-" * len(head)]
+    for r in records:
+        ious = " ".join(f"{r['per_class_iou'][c]:8.1f}" if r["per_class_iou"][c] is not None else f"{'-':>8}"
+                        for c in classes)
+        lines.append(f"{r['name']:<14}{r['kind']:<11}{r['labeled_pixel_pct']:>10.2f}{r['miou']:>7.2f}  {ious}")
+    return "\n".join(lines)
+
+
+def _save_pass(path: Path, out: dict, n: int, grid_shape) -> None:
+    from engine.io import atomic_path
+    scores = np.zeros((n,) + tuple(grid_shape), dtype=np.float32)
+    has = np.zeros(n, dtype=bool)
+    for i, s in out["scores"].items():
+        scores[i], has[i] = s, True
+    vis_ids = np.array(sorted(out["entropy"]), dtype=np.int64)
+    vis = np.stack([out["entropy"][i] for i in vis_ids]) if len(vis_ids) else np.zeros((0, 1, 1), np.float16)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, scores=scores, has_scores=has, vis_ids=vis_ids, vis=vis, seconds=out["seconds"])
+
+
+def _load_pass(path: Path) -> dict:
+    d = np.load(path, allow_pickle=False)
+    return {"scores": d["scores"], "has_scores": d["has_scores"], "seconds": float(d["seconds"]),
+            "entropy": {int(i): e for i, e in zip(d["vis_ids"], d["vis"])}}

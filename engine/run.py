@@ -1,0 +1,147 @@
+"""The run directory and the command line both scripts share.
+
+runs/<config name>/
+    config.yaml            resolved config (a different config here is refused without --overwrite)
+    log.txt, tensorboard/  logs
+    data_check.npz         per-cell valid-pixel counts of the training pool (from the one full scan)
+    NN_<stage>/            one folder per stage: checkpoints/, pseudo/, weights.pth, pool.npz, metrics.json
+    summary.json           what experiments/summarize.py reads
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from engine import distributed as dist_utils
+from engine.config import ConfigError, dump_config, load_config, save_config
+from engine.io import atomic_write_json, read_json, remove_stale_temporaries
+
+# Keys that change how a run is executed, not what it computes: resuming with other values is fine.
+_EXECUTION_ONLY = {("data", "workers"), ("runtime", "log_every"), ("runtime", "checkpoint_every")}
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True,
+                        help="config name under configs/ (e.g. table1/camvid/row5) or a YAML path")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve config, index data, build the model, print a summary, exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an existing run directory made with a different config")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    return parser.parse_args()
+
+
+def load_config_or_exit(args):
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as err:
+        fail(f"config error: {err}")
+
+
+def fail(message: str) -> None:
+    """One clear line on stderr and a non-zero exit (used for bad input before any work)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _comparable(cfg_dict: dict) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg_dict.items()}
+    for section, key in _EXECUTION_ONLY:
+        out.get(section, {}).pop(key, None)
+    return out
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    diffs = []
+    for k in keys:
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            diffs.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return diffs
+
+
+def check_output_dir(cfg, overwrite: bool) -> None:
+    """Refuse (before anything is written) a directory of another run or one we cannot write."""
+    root = Path(cfg.output_dir)
+    saved = root / "config.yaml"
+    if root.exists() and not overwrite:
+        if saved.is_file():
+            with open(saved) as f:
+                previous = yaml.safe_load(f)
+            diffs = _differences(_comparable(previous), _comparable(cfg.to_dict()))
+            if diffs:
+                raise ConfigError(f"output_dir {root} holds a run with a different config "
+                                  f"({'; '.join(diffs[:5])}); pass --overwrite to replace it or "
+                                  f"choose another output_dir")
+        elif any(root.iterdir()):
+            raise ConfigError(f"output_dir {root} exists, is not empty and has no config.yaml; "
+                              f"refusing to write into it (pass --overwrite to replace it)")
+    parent = root
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"output_dir {root}: {parent} is not writable")
+
+
+class RunDirectory:
+    def __init__(self, cfg, ctx, overwrite: bool):
+        self.root = Path(cfg.output_dir)
+        self.ctx = ctx
+        if ctx.is_main:
+            if overwrite and self.root.exists():
+                shutil.rmtree(self.root)
+            self.root.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.root)
+            save_config(cfg, self.root / "config.yaml")
+        dist_utils.barrier(ctx)
+
+    def stage_dir(self, index: int, name: str) -> Path:
+        return self.root / f"{index:02d}_{name}"
+
+    @staticmethod
+    def stage_done(stage_dir: Path) -> bool:
+        # metrics.json is the last file a stage writes: its presence means the stage is complete.
+        return (stage_dir / "metrics.json").is_file()
+
+    def write_summary(self, cfg, stage_records: list[dict], classes, device: str, finished: bool,
+                      num_stages: int) -> None:
+        if self.ctx.is_main:
+            atomic_write_json(self.root / "summary.json", {
+                "config": cfg.name, "finished": finished, "num_stages": num_stages, "device": device,
+                "world_size": self.ctx.world_size, "classes": list(classes), "stages": stage_records})
+
+
+def describe_device(ctx) -> str:
+    import platform
+    import torch
+    if ctx.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(ctx.device)} x{ctx.world_size}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass  # /proc/cpuinfo is Linux-only; the platform string is the description then
+    return f"CPU {cpu} ({os.cpu_count()} cores) x{ctx.world_size}"
+
+
+def stage_record(name: str, stage, metrics: dict, labeled_pct: float, wall_time: float) -> dict:
+    return {"name": name, "kind": stage.kind, "epochs": stage.epochs, "labeled_pixel_pct": labeled_pct,
+            "miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"], "wall_time_s": wall_time}
+
+
+def read_stage_record(stage_dir: Path) -> dict:
+    return read_json(stage_dir / "metrics.json")["record"]
+
+
+__all__ = ["parse_args", "load_config_or_exit", "fail", "check_output_dir", "RunDirectory",
+           "describe_device", "stage_record", "read_stage_record", "dump_config"]

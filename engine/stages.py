@@ -1,0 +1,215 @@
+"""Steps both scripts are made of: scan the data, build a stage's model, train it, evaluate it,
+record it, and reuse finished stages of another run (`init_from`)."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from engine import checkpoint as ckpt
+from engine import distributed as dist_utils
+from engine.config import ConfigError, load_config
+from engine.evaluate import evaluate
+from engine.inference import predict_probs
+from engine.io import atomic_write_json
+from engine.logger import colorize
+from engine.optim import make_model
+from engine.run import RunDirectory, stage_record
+from engine.trainer import train_phase
+
+IGNORE = 255
+REP_HEAD = "representation_head."  # parameters that exist only in models trained with ReCo
+
+
+# --------------------------------------------------------------------------- data scan
+class _ScanDataset(Dataset):
+    """Decodes every image and label once (catching corrupt files, size mismatches and bad label
+    values before training) and counts valid pixels per grid cell on the way."""
+
+    def __init__(self, src, grid):
+        self.src, self.grid = src, grid
+
+    def __len__(self):
+        return len(self.src)
+
+    def __getitem__(self, i):
+        _, label = self.src.read(i)
+        valid = label != IGNORE
+        if self.grid is None:
+            return i, np.array([[valid.sum()]], dtype=np.int64)
+        if label.shape != (self.grid.height, self.grid.width):
+            raise ValueError(f"{self.src.label_path(i)}: size {label.shape} differs from the pool's "
+                             f"{self.grid.height}x{self.grid.width} (set data.resize to make them equal)")
+        return i, self.grid.cell_sums(valid).astype(np.int64)
+
+
+def scan_source(src, grid, ctx, cache: Path | None = None, workers: int = 2) -> np.ndarray:
+    """(N, gh, gw) valid-pixel counts per cell ((N, 1, 1) without a grid), checking every file.
+
+    Each rank scans its shard; the result is gathered, and cached in the run directory so a
+    resumed run does not decode the whole data set again."""
+    if cache is not None and cache.is_file():
+        data = np.load(cache, allow_pickle=False)
+        if list(data["ids"]) == list(src.ids):
+            return data["valid"]
+    mine = dist_utils.shard(list(range(len(src))), ctx)
+    loader = DataLoader(torch.utils.data.Subset(_ScanDataset(src, grid), mine), batch_size=None,
+                        num_workers=workers)
+    found = dict(loader)
+    merged = {}
+    for part in dist_utils.all_gather_objects(found, ctx):
+        merged.update(part)
+    valid = np.stack([merged[i] for i in range(len(src))])
+    if cache is not None and ctx.is_main:
+        from engine.io import atomic_path
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=np.array(src.ids), valid=valid)
+    return valid
+
+
+# --------------------------------------------------------------------------- models per stage
+def fresh_model(cfg, stage, num_classes: int, teacher_state: dict | None):
+    """A new model for a stage, initialised as `stage.init` says."""
+    init = stage.init
+    model = make_model(cfg, num_classes, rep_head=stage.reco, noise=stage.noise,
+                       pretrained="none" if init in ("scratch", "teacher") else None)
+    if init == "teacher":
+        if teacher_state is None:
+            raise ConfigError(f"stage init=teacher but there is no previous stage to copy from")
+        transfer_weights(model, teacher_state)
+    return model
+
+
+def transfer_weights(model, state: dict) -> None:
+    """Load a previous stage's weights. Every key must match, except the representation head,
+    which exists only when ReCo is on: a student with the head and a teacher without keeps its
+    fresh head (and the reverse drops the teacher's). Anything else is an error."""
+    own = model.state_dict()
+    is_rep = lambda k: k.startswith(REP_HEAD)  # noqa: E731
+    merged = {k: v for k, v in state.items() if not is_rep(k) or k in own}
+    for k in own:
+        if is_rep(k) and k not in merged:
+            merged[k] = own[k]
+    model.load_state_dict(merged)  # strict: any other difference raises
+
+
+def load_weights(path: Path) -> dict:
+    return ckpt.load_verified(path)["model"]
+
+
+# --------------------------------------------------------------------------- one trained stage
+def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name: str, stage,
+                       model, labeled_view, unlabeled_view, eval_src, amp: str, labeled_pct: float,
+                       extra_metrics: dict | None = None, extra_wall_s: float = 0.0) -> dict:
+    """Train `model` for the stage, save its weights, evaluate, write metrics.json (= done)."""
+    stage_dir = run.stage_dir(index, name)
+    logger.log(f"[{name}] {stage.kind}: {stage.epochs} epochs x {stage.iters_per_epoch} it, batch "
+               f"{stage.batch_labeled}+{stage.batch_unlabeled}, ReCo {'on' if stage.reco else 'off'}, "
+               f"{len(labeled_view)} labeled / {len(unlabeled_view) if unlabeled_view else 0} pseudo-labeled images")
+
+    def eval_fn(m):
+        return evaluate(m, eval_src, cfg, ctx, amp=amp, desc=f"{name} eval")
+
+    train_info = train_phase(model, stage=stage, stage_name=name, cfg=cfg, ctx=ctx, amp=amp,
+                             labeled_view=labeled_view, unlabeled_view=unlabeled_view,
+                             stage_dir=stage_dir, logger=logger, seed=cfg.seed * 100 + index,
+                             evaluate_fn=eval_fn)
+    if ctx.is_main:
+        ckpt.save_verified({"model": model.state_dict()}, stage_dir / "weights.pth")
+    eval_started = time.time()
+    metrics = eval_fn(model)
+    log_prediction_panel(model, eval_src, ctx, logger, amp, cfg, tag=f"{name}/prediction", step=index)
+    # Training time survives kills (it is kept in the checkpoints); add this evaluation's time.
+    wall = train_info["train_time_s"] + (time.time() - eval_started) + (extra_wall_s or 0.0)
+    record = stage_record(name, stage, metrics, labeled_pct, wall)
+    logger.scalars({"summary/miou": metrics["miou"], "summary/labeled_pixel_pct": labeled_pct}, index)
+    logger.log(f"[{name}] mIoU {metrics['miou']:.2f}  labeled pixels {labeled_pct:.2f}%")
+    if ctx.is_main:
+        atomic_write_json(stage_dir / "metrics.json", {
+            "record": record, "eval": metrics, "train": train_info, **(extra_metrics or {})})
+    dist_utils.barrier(ctx)
+    # Step checkpoints are only for resuming this stage; the finished stage keeps weights.pth.
+    if ctx.is_main and (stage_dir / "checkpoints").exists():
+        shutil.rmtree(stage_dir / "checkpoints")
+    return record
+
+
+@torch.no_grad()
+def log_prediction_panel(model, src, ctx, logger, amp, cfg, tag: str, step: int, count: int = 3) -> None:
+    """TensorBoard panel: input | prediction | ground truth for the first few eval images."""
+    if not ctx.is_main:
+        return
+    from datasets import full_view
+    from datasets.transforms import denormalize
+    from engine.data import eval_transform
+    model.eval()
+    view = full_view(src, eval_transform())
+    rows = []
+    for i in range(min(count, len(view))):
+        sample = view[i]
+        prob = predict_probs(model, sample["image"][None].to(ctx.device), num_classes=src.num_classes,
+                             mode=cfg.eval.mode, window=cfg.eval.window, stride=cfg.eval.stride, amp=amp)
+        pred = prob.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        rows.append(np.concatenate([denormalize(sample["image"]), colorize(pred),
+                                    colorize(sample["label"].numpy().astype(np.uint8))], axis=1))
+    logger.image(tag, np.concatenate(rows, axis=0), step)
+
+
+# --------------------------------------------------------------------------- init_from
+def _without(cfg_dict: dict, keys) -> dict:
+    return {k: v for k, v in cfg_dict.items() if k not in keys}
+
+
+# Query settings that only matter once a query stage runs: a run whose shared prefix has no
+# query stage may reuse it even if these differ (e.g. the random-query baseline).
+_QUERY_ONLY = ("strategy", "selection", "regions_per_image", "budget_pct", "vis_images")
+
+
+def reusable_stages(cfg, overrides=()) -> tuple[Path | None, list[str]]:
+    """Names of this config's leading stages that the `init_from` run has with an identical
+    setup (same stage definitions in the same order, same config outside `stages`).
+
+    The command line's overrides (except output_dir) apply to the init_from config too, so
+    `data.root=... data.eval_split=val` on a chain of rows keeps them reusing each other."""
+    if not cfg.init_from:
+        return None, []
+    shared_overrides = [o for o in overrides if not o.strip().startswith(("output_dir=", "init_from="))]
+    try:
+        other = load_config(cfg.init_from, shared_overrides)
+    except ConfigError as err:
+        raise ConfigError(f"init_from: {err}") from None
+    shared = []
+    for (a, sa), (b, sb) in zip(cfg.stages.items(), other.stages.items()):
+        if a != b or sa != sb:
+            break
+        shared.append(a)
+    ignore = ("stages", "output_dir", "init_from", "name")
+
+    def comparable(c):
+        d = _without(c.to_dict(), ignore)
+        if not any(cfg.stages[n].kind == "query" for n in shared):
+            d["query"] = _without(d["query"], _QUERY_ONLY)
+        return d
+
+    if comparable(other) != comparable(cfg):
+        return Path(other.output_dir), []
+    return Path(other.output_dir), shared
+
+
+def copy_finished_stage(src_dir: Path, dst_dir: Path) -> None:
+    """Copy a finished stage folder (weights, pool, metrics — not the pseudo-label PNGs) into place
+    atomically: into a temporary sibling first, then renamed."""
+    tmp = dst_dir.with_name(dst_dir.name + ".copying")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for f in src_dir.iterdir():
+        if f.is_file():
+            shutil.copy2(f, tmp / f.name)
+    if dst_dir.exists():
+        shutil.rmtree(dst_dir)
+    tmp.rename(dst_dir)

@@ -1,0 +1,68 @@
+"""One inference pass of the current model over the unlabeled pool, yielding both
+  - pseudo labels: argmax where max softmax >= threshold, else 255, written as PNGs; and
+  - region scores: mean per-pixel entropy per grid cell (for the next query).
+Each rank handles its shard of images; scores are gathered so every rank holds all of them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datasets import full_view
+from engine import distributed as dist_utils
+from engine import faults
+from engine.data import eval_transform, ordered_loader
+from engine.inference import predict_probs
+from engine.io import atomic_write_png
+from query.scoring import pixel_entropy, region_scores
+
+IGNORE = 255
+
+
+def pseudo_label_file(folder: Path, image_id: str) -> Path:
+    return Path(folder) / (image_id.replace("/", "__") + ".png")
+
+
+def pseudo_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N, C, H, W) probabilities -> (N, H, W) uint8 labels, 255 where confidence < threshold."""
+    conf, pred = prob.max(dim=1)
+    return torch.where(conf >= threshold, pred, torch.full_like(pred, IGNORE)).to(torch.uint8)
+
+
+@torch.no_grad()
+def pseudo_label_pass(model, src, indices: list[int], cfg, ctx, *, amp: str, out_dir: Path,
+                      grid=None, keep_entropy_for=()) -> dict:
+    """Predict `indices` of `src`; write `out_dir/<id>.png`; return gathered results.
+
+    Returns {"scores": {index: (gh, gw) float32 array} (only with a grid),
+             "entropy": {index: (H, W) float16 array} for indices in keep_entropy_for}.
+    """
+    model.eval()
+    view = full_view(src, eval_transform())
+    mine = dist_utils.shard(list(indices), ctx)
+    loader = ordered_loader(view, mine, cfg.eval.batch_size, ctx, workers=min(cfg.data.workers, 2))
+    scores, entropies = {}, {}
+    keep = set(keep_entropy_for)
+    for batch in tqdm(loader, desc="pseudo-label", disable=not ctx.is_main, leave=False, dynamic_ncols=True):
+        images = batch["image"].to(ctx.device, non_blocking=True)
+        prob = predict_probs(model, images, num_classes=src.num_classes, scales=cfg.pseudo.scales,
+                             flip=cfg.pseudo.flip, mode=cfg.eval.mode, window=cfg.eval.window,
+                             stride=cfg.eval.stride, amp=amp, channels_last=cfg.runtime.channels_last)
+        labels = pseudo_labels(prob, cfg.pseudo.threshold).cpu().numpy()
+        entropy = pixel_entropy(prob) if (grid is not None or keep) else None
+        cell_scores = region_scores(entropy, grid).cpu().numpy() if grid is not None else None
+        for j, index in enumerate(batch["index"].tolist()):
+            atomic_write_png(pseudo_label_file(out_dir, src.ids[index]), labels[j])
+            faults.reached("pseudo_png")
+            if cell_scores is not None:
+                scores[index] = cell_scores[j].astype(np.float32)
+            if index in keep:
+                entropies[index] = entropy[j].cpu().numpy().astype(np.float16)
+    merged_scores, merged_entropy = {}, {}
+    for part_scores, part_entropy in dist_utils.all_gather_objects((scores, entropies), ctx):
+        merged_scores.update(part_scores)
+        merged_entropy.update(part_entropy)
+    return {"scores": merged_scores, "entropy": merged_entropy}

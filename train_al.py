@@ -1,0 +1,57 @@
+"""S4AL+ active learning: stages of train -> pseudo-label -> query, resumable.
+
+    python train_al.py --config table1/camvid/row5 [key.sub=value ...]
+    torchrun --nproc_per_node 4 train_al.py --config table1/camvid/row5
+
+Each stage of the config is one of
+  supervised  train a teacher on the labeled pool (weak aug, CE [+ ReCo]);
+  self_train  pseudo-label the pool with the current model, train a fresh noisy student on
+              labeled (weak aug) + pseudo-labeled (strong aug) batches;
+  query       the same pass also scores regions by mean entropy; the top regions are revealed
+              (ground truth), then self-train as above.
+A finished stage is never recomputed; a killed stage resumes from its last checkpoint.
+"""
+import os
+
+# OpenMP threads that spin while they wait make every conv ~20x slower as soon as another
+# process (a data loader worker, a second rank) wants the same cores; passive waiting costs
+# nothing measurable when they are alone. Set before torch is imported; an explicit
+# environment value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from engine import distributed  # noqa: E402
+from engine.pipeline import Experiment  # noqa: E402
+from engine.run import fail, load_config_or_exit, parse_args  # noqa: E402
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    cfg = load_config_or_exit(args)
+    ctx = distributed.setup(cfg.runtime.device)
+    try:
+        exp = Experiment(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        fail(str(err))  # bad config or data: one line, non-zero exit, nothing written
+    if args.dry_run:
+        print(exp.describe())
+        return
+    exp.start()  # run directory, logs, one scan of every image and label
+    pool = exp.initial_pool()  # 10% of the images, fully labeled
+    teacher = None
+    for index, (name, stage) in enumerate(cfg.stages.items()):
+        finished = exp.finished_stage(index, name)
+        if finished is not None:
+            pool, teacher = finished
+            continue
+        pseudo = None
+        if stage.kind != "supervised":
+            pseudo = exp.pseudo_label(index, name, teacher, pool, score=stage.kind == "query")
+        if stage.kind == "query":
+            pool = exp.query(index, name, pool, pseudo)
+        teacher = exp.train(index, name, stage, pool, teacher, pseudo)  # the student becomes the teacher
+    exp.finish()
+    distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main()

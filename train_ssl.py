@@ -1,0 +1,54 @@
+"""S4AL+ as a semi-supervised trainer (the paper's Table S1): no queries.
+
+    torchrun --nproc_per_node 4 train_ssl.py --config tableS1/r101d_372
+
+The labeled images are `data.labeled_split` (a standard split list); every other image of
+`data.train_split` is unlabeled. Stages: a teacher on the labeled images, then each
+self-training round pseudo-labels the unlabeled images with the current model (confidence
+>= pseudo.threshold) and trains a fresh noisy student on labeled (weak aug) + pseudo-labeled
+(strong aug) batches; the student becomes the next round's teacher.
+"""
+import os
+
+# OpenMP threads that spin while they wait make every conv ~20x slower as soon as another
+# process (a data loader worker, a second rank) wants the same cores; passive waiting costs
+# nothing measurable when they are alone. Set before torch is imported; an explicit
+# environment value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from engine import distributed  # noqa: E402
+from engine.pipeline import Experiment  # noqa: E402
+from engine.run import fail, load_config_or_exit, parse_args  # noqa: E402
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    cfg = load_config_or_exit(args)
+    if not cfg.data.labeled_split:
+        fail("data.labeled_split: train_ssl.py needs the list of labeled images")
+    if any(stage.kind == "query" for stage in cfg.stages.values()):
+        fail("stages: train_ssl.py does not query labels; use train_al.py for query stages")
+    ctx = distributed.setup(cfg.runtime.device)
+    try:
+        exp = Experiment(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        fail(str(err))
+    if args.dry_run:
+        print(exp.describe())
+        return
+    exp.start()
+    split = exp.initial_pool()  # labeled split: whole images; the rest unlabeled
+    teacher = None
+    for index, (name, stage) in enumerate(cfg.stages.items()):
+        finished = exp.finished_stage(index, name)
+        if finished is not None:
+            split, teacher = finished
+            continue
+        pseudo = None if stage.kind == "supervised" else exp.pseudo_label(index, name, teacher, split, score=False)
+        teacher = exp.train(index, name, stage, split, teacher, pseudo)
+    exp.finish()
+    distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main()
