@@ -28,14 +28,14 @@ def main() -> None:
     args = parse_args(__doc__)
     cfg = load_config_or_exit(args)
     ctx = distributed.setup(cfg.runtime.device)
-    try:
+    try:  # everything that can be checked before a run directory is made
         exp = Experiment(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides)
+        if args.dry_run:
+            print(exp.describe())
+            return
+        exp.start()  # scans every image and label, then creates the run directory
     except (ValueError, FileNotFoundError, OSError) as err:
-        fail(str(err))  # bad config or data: one line, non-zero exit, nothing written
-    if args.dry_run:
-        print(exp.describe())
-        return
-    exp.start()  # run directory, logs, one scan of every image and label
+        fail(str(err))  # bad config or data: one line, non-zero exit, no run directory
     pool = exp.initial_pool()  # 10% of the images, fully labeled
     teacher = None
     for index, (name, stage) in enumerate(cfg.stages.items()):

@@ -29,14 +29,14 @@ def main() -> None:
     if any(stage.kind == "query" for stage in cfg.stages.values()):
         fail("stages: train_ssl.py does not query labels; use train_al.py for query stages")
     ctx = distributed.setup(cfg.runtime.device)
-    try:
+    try:  # everything that can be checked before a run directory is made
         exp = Experiment(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides)
+        if args.dry_run:
+            print(exp.describe())
+            return
+        exp.start()  # scans every image and label, then creates the run directory
     except (ValueError, FileNotFoundError, OSError) as err:
-        fail(str(err))
-    if args.dry_run:
-        print(exp.describe())
-        return
-    exp.start()
+        fail(str(err))  # bad config or data: one line, non-zero exit, no run directory
     split = exp.initial_pool()  # labeled split: whole images; the rest unlabeled
     teacher = None
     for index, (name, stage) in enumerate(cfg.stages.items()):
@@ -45,7 +45,7 @@ def main() -> None:
             split, teacher = finished
             continue
         pseudo = None if stage.kind == "supervised" else exp.pseudo_label(index, name, teacher, split, score=False)
-        teacher = exp.train(index, name, stage, split, teacher, pseudo)
+        teacher = exp.train(index, name, stage, split, teacher, pseudo)  # the student becomes the teacher
     exp.finish()
     distributed.cleanup()
 

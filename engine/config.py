@@ -400,6 +400,9 @@ def _check_consistency(cfg: dict, origins: dict) -> None:
                 fail(f"stages.{name}.{leaf}", f"must be at least 1, got {stage[leaf]}")
         if stage["batch_unlabeled"] < 0:
             fail(f"stages.{name}.batch_unlabeled", "must not be negative")
+        if stage["batch_labeled"] + stage["batch_unlabeled"] < 2:
+            # BatchNorm in ASPP's image-pooling branch sees one value per image in training.
+            fail(f"stages.{name}.batch_labeled", "a training batch needs at least 2 images per process")
         if stage["kind"] != "supervised" and stage["batch_unlabeled"] < 1:
             fail(f"stages.{name}.batch_unlabeled", f"a {stage['kind']} stage needs pseudo-labeled images")
     if cfg["stages"] and next(iter(cfg["stages"].values()))["kind"] != "supervised":

@@ -100,3 +100,10 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
 def shard(indices: list, ctx: DistContext) -> list:
     """This rank's share of a list: every world_size-th element (disjoint, covers all)."""
     return indices[ctx.rank::ctx.world_size]
+
+
+def broadcast_buffers(model, ctx: DistContext) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank."""
+    if ctx.distributed:
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)

@@ -22,8 +22,8 @@ from engine.io import atomic_write_json, atomic_write_png, read_json
 from engine.logger import RunLogger
 from engine.optim import make_model
 from engine.run import RunDirectory, check_output_dir, describe_device, read_stage_record
-from engine.stages import (REP_HEAD, copy_finished_stage, fresh_model, load_weights, reusable_stages,
-                           scan_source, train_and_evaluate)
+from engine.stages import (REP_HEAD, copy_finished_stage, fresh_model, load_scan, load_weights,
+                           reusable_stages, save_scan, scan_source, train_and_evaluate)
 from models.availability import check_pretrained, pretrained_status
 from query import scoring
 from query.pool import LabelPool, RegionGrid
@@ -57,6 +57,7 @@ class Experiment:
             self.labeled_ids = data_utils.source(cfg, cfg.data.labeled_split).ids
         self.grid = self._grid() if self.pool_src is not None else None
         self._check_budget()
+        self._initial = self._make_initial_pool() if self.pool_src is not None else None
         self.weights_note = pretrained_status(cfg.model.backbone, cfg.model.pretrained)
         if not dry_run and self._needs_pretrained():
             check_pretrained(cfg.model.backbone, cfg.model.output_stride, cfg.model.pretrained)
@@ -124,18 +125,32 @@ class Experiment:
 
     # ------------------------------------------------------------------ start (run directory)
     def start(self) -> None:
+        """Scan every image and label (bad data fails here, before a run directory exists),
+        then create the run directory and the logger."""
         cfg, ctx = self.cfg, self.ctx
+        cache = Path(cfg.output_dir) / "data_check.npz"
+        valid = None if self.overwrite else load_scan(cache, self.pool_src)
+        if valid is None:
+            if ctx.is_main:
+                print(f"checking {len(self.pool_src)} training and {len(self.eval_src)} evaluation images ...")
+            self.valid_counts = scan_source(self.pool_src, self.grid, ctx, workers=cfg.data.workers)
+            scan_source(self.eval_src, None, ctx, workers=cfg.data.workers)
+        else:
+            self.valid_counts = valid
         self.run = RunDirectory(cfg, ctx, self.overwrite)
+        if valid is None and ctx.is_main:
+            save_scan(cache, self.pool_src, self.valid_counts)
         self.logger = RunLogger(self.run.root, enabled=ctx.is_main)
         self.logger.log("resolved config:\n" + dump_config(cfg), echo=False)
         self.logger.log(self.describe())
         self.device_name = describe_device(ctx)
-        self.valid_counts = scan_source(self.pool_src, self.grid, ctx, cache=self.run.root / "data_check.npz",
-                                        workers=cfg.data.workers)
-        scan_source(self.eval_src, None, ctx, cache=self.run.root / "data_check_eval.npz", workers=cfg.data.workers)
         self.records: list[dict] = []
 
     def initial_pool(self) -> LabelPool:
+        """The labeled pool before any stage (drawn, or read from data.labeled_split)."""
+        return self._initial
+
+    def _make_initial_pool(self) -> LabelPool:
         ids, q = self.pool_src.ids, self.cfg.query
         if self.labeled_ids is not None:
             return LabelPool.from_labeled_ids(ids, self.grid, self.labeled_ids)

@@ -88,6 +88,8 @@ def check_output_dir(cfg, overwrite: bool) -> None:
     parent = root
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"output_dir {root}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"output_dir {root}: {parent} is not writable")
 

@@ -2,6 +2,7 @@
 record it, and reuse finished stages of another run (`init_from`)."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ REP_HEAD = "representation_head."  # parameters that exist only in models traine
 # --------------------------------------------------------------------------- data scan
 class _ScanDataset(Dataset):
     """Decodes every image and label once (catching corrupt files, size mismatches and bad label
-    values before training) and counts valid pixels per grid cell on the way."""
+    values before training) and counts valid pixels per grid cell on the way. A bad file's error
+    travels back as text, so the main process can raise it as one clear message (a DataLoader
+    worker's exception would arrive wrapped in a worker traceback)."""
 
     def __init__(self, src, grid):
         self.src, self.grid = src, grid
@@ -37,38 +40,52 @@ class _ScanDataset(Dataset):
         return len(self.src)
 
     def __getitem__(self, i):
-        _, label = self.src.read(i)
+        try:
+            _, label = self.src.read(i)
+        except (ValueError, OSError) as err:
+            return i, None, str(err)
         valid = label != IGNORE
         if self.grid is None:
-            return i, np.array([[valid.sum()]], dtype=np.int64)
+            return i, np.array([[valid.sum()]], dtype=np.int64), None
         if label.shape != (self.grid.height, self.grid.width):
-            raise ValueError(f"{self.src.label_path(i)}: size {label.shape} differs from the pool's "
-                             f"{self.grid.height}x{self.grid.width} (set data.resize to make them equal)")
-        return i, self.grid.cell_sums(valid).astype(np.int64)
+            return i, None, (f"{self.src.label_path(i)}: size {label.shape[0]}x{label.shape[1]} differs from "
+                             f"the pool's {self.grid.height}x{self.grid.width} (set data.resize to make them equal)")
+        return i, self.grid.cell_sums(valid).astype(np.int64), None
 
 
-def scan_source(src, grid, ctx, cache: Path | None = None, workers: int = 2) -> np.ndarray:
+def scan_source(src, grid, ctx, workers: int = 2) -> np.ndarray:
     """(N, gh, gw) valid-pixel counts per cell ((N, 1, 1) without a grid), checking every file.
-
-    Each rank scans its shard; the result is gathered, and cached in the run directory so a
-    resumed run does not decode the whole data set again."""
-    if cache is not None and cache.is_file():
-        data = np.load(cache, allow_pickle=False)
-        if list(data["ids"]) == list(src.ids):
-            return data["valid"]
+    Each rank scans its shard; the result is gathered so every rank holds all of it."""
     mine = dist_utils.shard(list(range(len(src))), ctx)
     loader = DataLoader(torch.utils.data.Subset(_ScanDataset(src, grid), mine), batch_size=None,
                         num_workers=workers)
-    found = dict(loader)
-    merged = {}
-    for part in dist_utils.all_gather_objects(found, ctx):
+    found, errors = {}, []
+    for i, counts, error in loader:
+        if error is not None:
+            errors.append(error)
+        found[i] = counts
+    merged, all_errors = {}, []
+    for part, part_errors in dist_utils.all_gather_objects((found, errors), ctx):
         merged.update(part)
-    valid = np.stack([merged[i] for i in range(len(src))])
-    if cache is not None and ctx.is_main:
-        from engine.io import atomic_path
-        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            np.savez(f, ids=np.array(src.ids), valid=valid)
-    return valid
+        all_errors += part_errors
+    if all_errors:
+        more = f" (and {len(all_errors) - 1} more bad files)" if len(all_errors) > 1 else ""
+        raise ValueError(all_errors[0] + more)
+    return np.stack([merged[i] for i in range(len(src))])
+
+
+def load_scan(cache: Path, src) -> np.ndarray | None:
+    """A previous scan of the same images, saved in the run directory, or None."""
+    if not cache.is_file():
+        return None
+    data = np.load(cache, allow_pickle=False)
+    return data["valid"] if list(data["ids"]) == list(src.ids) else None
+
+
+def save_scan(cache: Path, src, valid: np.ndarray) -> None:
+    from engine.io import atomic_path
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=np.array(src.ids), valid=valid)
 
 
 # --------------------------------------------------------------------------- models per stage
@@ -118,6 +135,7 @@ def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name:
                              labeled_view=labeled_view, unlabeled_view=unlabeled_view,
                              stage_dir=stage_dir, logger=logger, seed=cfg.seed * 100 + index,
                              evaluate_fn=eval_fn)
+    rank_digests = check_ranks_agree(model, ctx, name)
     if ctx.is_main:
         ckpt.save_verified({"model": model.state_dict()}, stage_dir / "weights.pth")
     eval_started = time.time()
@@ -130,12 +148,30 @@ def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name:
     logger.log(f"[{name}] mIoU {metrics['miou']:.2f}  labeled pixels {labeled_pct:.2f}%")
     if ctx.is_main:
         atomic_write_json(stage_dir / "metrics.json", {
-            "record": record, "eval": metrics, "train": train_info, **(extra_metrics or {})})
+            "record": record, "eval": metrics, "train": train_info, "weights_sha256_per_rank": rank_digests,
+            **(extra_metrics or {})})
     dist_utils.barrier(ctx)
     # Step checkpoints are only for resuming this stage; the finished stage keeps weights.pth.
     if ctx.is_main and (stage_dir / "checkpoints").exists():
         shutil.rmtree(stage_dir / "checkpoints")
     return record
+
+
+def weights_digest(model) -> str:
+    h = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_ranks_agree(model, ctx, stage_name: str) -> list[str]:
+    """Every rank must end a stage with bit-identical weights (DDP keeps them in step; a
+    difference means a bug, e.g. a buffer updated on one rank only). Returns the digests."""
+    digests = dist_utils.all_gather_objects(weights_digest(model), ctx)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"stage {stage_name!r}: ranks ended with different weights: {digests}")
+    return digests
 
 
 @torch.no_grad()

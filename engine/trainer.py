@@ -35,11 +35,10 @@ def unwrap(model):
 
 
 def _batches(loader):
-    """Iterate a loader that may be None (a stage without pseudo-labeled images)."""
+    """An iterator over a loader that may be None (a stage without pseudo-labeled images)."""
     if loader is None:
-        while True:
-            yield None
-    yield from loader
+        return iter(lambda: None, object())  # endless Nones
+    return iter(loader)
 
 
 def _step_loss(model, batch_l, batch_u, stage, cfg, device, amp, channels_last, generator):
@@ -105,7 +104,6 @@ def train_phase(model, *, stage, stage_name: str, cfg, ctx, amp: str, labeled_vi
             raise RuntimeError(f"{ckpt_dir}: checkpoint was written by {len(state['rng'])} processes, "
                                f"this run has {ctx.world_size}; resume with the same world size")
         generator.set_state(state["generator"][ctx.rank])
-        ckpt.set_rng_state(state["rng"][ctx.rank])
         start, best, evals = state["step"], state["best_miou"], state["evals"]
         skipped, train_time = state["skipped_steps"], state["train_time_s"]
         logger.log(f"[{stage_name}] resuming at step {start}/{total}")
@@ -131,10 +129,15 @@ def train_phase(model, *, stage, stage_name: str, cfg, ctx, amp: str, labeled_vi
                 "train_time_s": train_time + (time.time() - t0)})
         dist_utils.barrier(ctx)
 
+    # Creating a loader iterator draws from the global torch RNG; do it before restoring the
+    # checkpoint's RNG state so that dropout / stochastic depth continue exactly as they would have.
+    batches_l, batches_u = iter(loader_l), _batches(loader_u)
+    if state is not None:
+        ckpt.set_rng_state(state["rng"][ctx.rank])
     net.train()
     bar = tqdm(total=total, initial=start, desc=stage_name, disable=not ctx.is_main, dynamic_ncols=True)
     t0 = time.time()
-    for step, batch_l, batch_u in zip(range(start, total), loader_l, _batches(loader_u)):
+    for step, batch_l, batch_u in zip(range(start, total), batches_l, batches_u):
         lr = set_poly_lr(optimizer, step, total, cfg.optim.poly_power)
         try:
             loss, parts = _step_loss(net, batch_l, batch_u, stage, cfg, device, amp,
@@ -184,5 +187,8 @@ def train_phase(model, *, stage, stage_name: str, cfg, ctx, amp: str, labeled_vi
         if done % cfg.runtime.checkpoint_every == 0 or done == total:
             save_state(done)
     bar.close()
+    # DDP broadcasts BatchNorm statistics from rank 0 at the start of each forward, so after the
+    # last step every rank holds its own: make them rank 0's, as every checkpoint already is.
+    dist_utils.broadcast_buffers(model, ctx)
     train_time += time.time() - t0
     return {"best_miou": best, "evals": evals, "skipped_steps": skipped, "train_time_s": train_time}
