@@ -17,7 +17,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from engine import distributed  # noqa: E402
-from engine.pipeline import Experiment  # noqa: E402
+from engine.pipeline import open_experiment  # noqa: E402
 from engine.run import fail, load_config_or_exit, parse_args  # noqa: E402
 
 
@@ -29,14 +29,9 @@ def main() -> None:
     if any(stage.kind == "query" for stage in cfg.stages.values()):
         fail("stages: train_ssl.py does not query labels; use train_al.py for query stages")
     ctx = distributed.setup(cfg.runtime.device)
-    try:  # everything that can be checked before a run directory is made
-        exp = Experiment(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides)
-        if args.dry_run:
-            print(exp.describe())
-            return
-        exp.start()  # scans every image and label, then creates the run directory
-    except (ValueError, FileNotFoundError, OSError) as err:
-        fail(str(err))  # bad config or data: one line, non-zero exit, no run directory
+    exp = open_experiment(args, cfg, ctx)  # validates config, data, weights; None after --dry-run
+    if exp is None:
+        return
     split = exp.initial_pool()  # labeled split: whole images; the rest unlabeled
     teacher = None
     for index, (name, stage) in enumerate(cfg.stages.items()):

@@ -300,6 +300,22 @@ class Experiment:
         self.logger.close()
 
 
+def open_experiment(args, cfg, ctx) -> Experiment | None:
+    """Check everything that can be checked before a run directory exists (config, data, weights,
+    init_from, output dir), then create it. Bad input: one `error:` line and exit code 2.
+    Returns None after a --dry-run, which only prints what the run would do."""
+    from engine.run import fail
+    try:
+        exp = Experiment(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides)
+        if args.dry_run:
+            print(exp.describe())
+            return None
+        exp.start()  # decodes every image and label once, then creates the run directory
+    except (ValueError, FileNotFoundError, OSError) as err:
+        fail(str(err))
+    return exp
+
+
 def seed_everything(seed: int) -> None:
     import random
     random.seed(seed)
