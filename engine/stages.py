@@ -144,7 +144,8 @@ def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name:
     # Training time survives kills (it is kept in the checkpoints); add this evaluation's time.
     wall = train_info["train_time_s"] + (time.time() - eval_started) + (extra_wall_s or 0.0)
     record = stage_record(name, stage, metrics, labeled_pct, wall)
-    logger.scalars({"summary/miou": metrics["miou"], "summary/labeled_pixel_pct": labeled_pct}, index)
+    logger.scalars({"summary/miou": metrics["miou"], "summary/labeled_pixel_pct": labeled_pct,
+                    **{f"iou/{c}": v for c, v in metrics["per_class_iou"].items()}}, index)
     logger.log(f"[{name}] mIoU {metrics['miou']:.2f}  labeled pixels {labeled_pct:.2f}%")
     if ctx.is_main:
         atomic_write_json(stage_dir / "metrics.json", {
