@@ -9,7 +9,6 @@ any number of loader workers.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -119,8 +118,3 @@ def ordered_loader(dataset: Dataset, indices: list[int], batch: int, ctx: DistCo
 
 def eval_transform() -> EvalTransform:
     return EvalTransform()
-
-
-def loader_workers(cfg) -> int:
-    # Workers are processes; on a 2-core CPU box more than cores only adds contention.
-    return min(cfg.data.workers, os.cpu_count() or 1)

@@ -12,13 +12,12 @@ import torch
 
 from datasets import SegmentationView
 from datasets.view import ViewItem
-from engine import checkpoint as ckpt
 from engine import data as data_utils
 from engine import distributed as dist_utils
 from engine import faults
 from engine.config import ConfigError, dump_config
 from engine.inference import resolve_amp
-from engine.io import atomic_write_json, atomic_write_png, read_json
+from engine.io import atomic_write_png
 from engine.logger import RunLogger
 from engine.optim import make_model
 from engine.run import RunDirectory, check_output_dir, describe_device, read_stage_record

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from engine import distributed as dist_utils
-from engine.config import ConfigError, dump_config, load_config, save_config
+from engine.config import ConfigError, load_config, save_config
 from engine.io import atomic_write_json, read_json, remove_stale_temporaries
 
 # Keys that change how a run is executed, not what it computes: resuming with other values is fine.
@@ -143,7 +143,3 @@ def stage_record(name: str, stage, metrics: dict, labeled_pct: float, wall_time:
 
 def read_stage_record(stage_dir: Path) -> dict:
     return read_json(stage_dir / "metrics.json")["record"]
-
-
-__all__ = ["parse_args", "load_config_or_exit", "fail", "check_output_dir", "RunDirectory",
-           "describe_device", "stage_record", "read_stage_record", "dump_config"]

@@ -96,7 +96,7 @@ def fresh_model(cfg, stage, num_classes: int, teacher_state: dict | None):
                        pretrained="none" if init in ("scratch", "teacher") else None)
     if init == "teacher":
         if teacher_state is None:
-            raise ConfigError(f"stage init=teacher but there is no previous stage to copy from")
+            raise ConfigError("stage init=teacher but there is no previous stage to copy from")
         transfer_weights(model, teacher_state)
     return model
 
