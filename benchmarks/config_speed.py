@@ -1,0 +1,97 @@
+"""Throughput and peak memory of a config's training step (its largest stage), on random tensors
+of the config's crop and per-GPU batch: images/s, step time, peak memory, with the config's AMP
+setting and in fp32. Ends with `ratio: X` = fp32 step time / AMP step time.
+
+    python benchmarks/config_speed.py tableS1/r101d_186 [--steps 10] [--warmup 3] [key=value ...]
+
+On CUDA the peak is torch.cuda.max_memory_allocated; on CPU the process's peak RSS (an upper
+bound that includes everything else the process holds).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from engine.config import load_config  # noqa: E402
+from engine.distributed import resolve_device  # noqa: E402
+from engine.inference import resolve_amp  # noqa: E402
+from engine.optim import make_model, make_optimizer  # noqa: E402
+from engine.trainer import _step_loss  # noqa: E402
+
+NUM_CLASSES = {"camvid": 11, "synthetic": 11, "cityscapes": 19}
+
+
+def peak_memory_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_steps(cfg, stage, device, amp: str, steps: int, warmup: int) -> tuple[float, float]:
+    num_classes = NUM_CLASSES[cfg.data.dataset]
+    model = make_model(cfg, num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none").to(device)
+    if cfg.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = make_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    generator = torch.Generator(device=device).manual_seed(0)
+    h, w = cfg.data.crop_size
+
+    def batch(n):
+        if n == 0:
+            return None
+        return {"image": torch.randn(n, 3, h, w), "label": torch.randint(0, num_classes, (n, h, w))}
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        loss, _ = _step_loss(model, batch(stage.batch_labeled), batch(stage.batch_unlabeled), stage, cfg,
+                             device, amp, cfg.runtime.channels_last, generator)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / steps, peak_memory_mib(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("config")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    device = resolve_device(cfg.runtime.device)
+    # The most demanding stage: the largest per-GPU batch.
+    name, stage = max(cfg.stages.items(), key=lambda kv: kv[1].batch_labeled + kv[1].batch_unlabeled)
+    amp = resolve_amp(cfg.runtime.amp, device)
+    images = stage.batch_labeled + stage.batch_unlabeled
+    print(f"{cfg.name}: stage {name}, batch {stage.batch_labeled}+{stage.batch_unlabeled} per GPU, "
+          f"crop {cfg.data.crop_size}, {cfg.model.backbone} OS{cfg.model.output_stride}, device {device}")
+    results = {}
+    for mode in dict.fromkeys([amp, "none"]):
+        step, peak = time_steps(cfg, stage, device, mode, args.steps, args.warmup)
+        results[mode] = step
+        print(f"amp={mode:5s} step {step:.3f} s  {images / step:.1f} images/s  peak memory {peak:.0f} MiB")
+    print(f"ratio: {results['none'] / results[amp]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
