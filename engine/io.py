@@ -58,6 +58,12 @@ def atomic_write_png(path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
+def atomic_write_npz(path, **arrays) -> None:
+    """np.savez to exactly `path` (through a file handle, so numpy appends no `.npz`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def read_json(path) -> dict:
     with open(path) as f:
         return json.load(f)

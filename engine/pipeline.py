@@ -17,12 +17,12 @@ from engine import distributed as dist_utils
 from engine import faults
 from engine.config import ConfigError, dump_config
 from engine.inference import resolve_amp
-from engine.io import atomic_write_png
+from engine.io import atomic_write_npz, atomic_write_png
 from engine.logger import RunLogger
 from engine.optim import make_model
 from engine.run import RunDirectory, check_output_dir, describe_device, read_stage_record
-from engine.stages import (REP_HEAD, copy_finished_stage, fresh_model, load_scan, load_weights,
-                           reusable_stages, save_scan, scan_source, train_and_evaluate)
+from engine.stages import (copy_finished_stage, fresh_model, load_scan, load_weights, reusable_stages,
+                           save_scan, scan_source, train_and_evaluate, transfer_weights)
 from models.availability import check_pretrained, pretrained_status
 from query import scoring
 from query.pool import LabelPool, RegionGrid
@@ -185,7 +185,7 @@ class Experiment:
             return _load_pass(done)
         started = time.time()
         teacher = make_model(self.cfg, self.pool_src.num_classes, rep_head=False, noise=False, pretrained="none")
-        teacher.load_state_dict({k: v for k, v in teacher_state.items() if not k.startswith(REP_HEAD)})
+        transfer_weights(teacher, teacher_state)  # the teacher predicts only: no representation head
         teacher.to(self.ctx.device)
         if self.cfg.runtime.channels_last:
             teacher.to(memory_format=torch.channels_last)
@@ -334,15 +334,13 @@ def results_table(records: list[dict], classes) -> str:
 
 
 def _save_pass(path: Path, out: dict, n: int, grid_shape) -> None:
-    from engine.io import atomic_path
     scores = np.zeros((n,) + tuple(grid_shape), dtype=np.float32)
     has = np.zeros(n, dtype=bool)
     for i, s in out["scores"].items():
         scores[i], has[i] = s, True
     vis_ids = np.array(sorted(out["entropy"]), dtype=np.int64)
     vis = np.stack([out["entropy"][i] for i in vis_ids]) if len(vis_ids) else np.zeros((0, 1, 1), np.float16)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, scores=scores, has_scores=has, vis_ids=vis_ids, vis=vis, seconds=out["seconds"])
+    atomic_write_npz(path, scores=scores, has_scores=has, vis_ids=vis_ids, vis=vis, seconds=out["seconds"])
 
 
 def _load_pass(path: Path) -> dict:

@@ -16,7 +16,7 @@ from engine import distributed as dist_utils
 from engine.config import ConfigError, load_config
 from engine.evaluate import evaluate
 from engine.inference import predict_probs
-from engine.io import atomic_write_json
+from engine.io import atomic_write_json, atomic_write_npz
 from engine.logger import colorize
 from engine.optim import make_model
 from engine.run import RunDirectory, stage_record
@@ -83,9 +83,7 @@ def load_scan(cache: Path, src) -> np.ndarray | None:
 
 
 def save_scan(cache: Path, src, valid: np.ndarray) -> None:
-    from engine.io import atomic_path
-    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-        np.savez(f, ids=np.array(src.ids), valid=valid)
+    atomic_write_npz(cache, ids=np.array(src.ids), valid=valid)
 
 
 # --------------------------------------------------------------------------- models per stage
@@ -142,7 +140,7 @@ def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name:
     metrics = eval_fn(model)
     log_prediction_panel(model, eval_src, ctx, logger, amp, cfg, tag=f"{name}/prediction", step=index)
     # Training time survives kills (it is kept in the checkpoints); add this evaluation's time.
-    wall = train_info["train_time_s"] + (time.time() - eval_started) + (extra_wall_s or 0.0)
+    wall = train_info["train_time_s"] + (time.time() - eval_started) + extra_wall_s
     record = stage_record(name, stage, metrics, labeled_pct, wall)
     logger.scalars({"summary/miou": metrics["miou"], "summary/labeled_pixel_pct": labeled_pct,
                     **{f"iou/{c}": v for c, v in metrics["per_class_iou"].items()}}, index)
