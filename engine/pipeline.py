@@ -113,7 +113,10 @@ class Experiment:
             labeled = len(self.labeled_ids) if self.labeled_ids is not None else round(cfg.query.initial_fraction * len(self.pool_src))
             lines.append(f"initial labeled images: {labeled}; regions {self.grid.shape} of {list(self.grid.region)} px")
         for i, (name, s) in enumerate(cfg.stages.items()):
-            reuse = " (reused from init_from)" if name in self.reusable else ""
+            reuse = ""
+            if name in self.reusable:
+                finished = RunDirectory.stage_done(self.reuse_dir / RunDirectory.stage_folder(i, name))
+                reuse = f" (same as in {self.reuse_dir}: " + ("reused)" if finished else "reused once finished there)")
             lines.append(f"stage {i} {name}: {s.kind}, {s.epochs} ep x {s.iters_per_epoch} it = "
                          f"{s.epochs * s.iters_per_epoch} steps, batch {s.batch_labeled}+{s.batch_unlabeled}, "
                          f"ReCo {s.reco}, init {s.init}, noise {s.noise}{reuse}")

@@ -106,8 +106,12 @@ class RunDirectory:
             save_config(cfg, self.root / "config.yaml")
         dist_utils.barrier(ctx)
 
+    @staticmethod
+    def stage_folder(index: int, name: str) -> str:
+        return f"{index:02d}_{name}"
+
     def stage_dir(self, index: int, name: str) -> Path:
-        return self.root / f"{index:02d}_{name}"
+        return self.root / self.stage_folder(index, name)
 
     @staticmethod
     def stage_done(stage_dir: Path) -> bool:
