@@ -3,9 +3,12 @@ of the config's crop and per-GPU batch: images/s, step time, peak memory, with t
 setting and in fp32. Ends with `ratio: X` = fp32 step time / AMP step time.
 
     python benchmarks/config_speed.py tableS1/r101d_186 [--steps 10] [--warmup 3] [key=value ...]
+    python benchmarks/config_speed.py --table tableS1 --table table1_camvid   # every config of a table
 
 On CUDA the peak is torch.cuda.max_memory_allocated; on CPU the process's peak RSS (an upper
-bound that includes everything else the process holds).
+bound that includes everything else the process holds). On CUDA each line also says whether the
+peak fits a 16 GB V100 (16160 MiB, what the paper trained on; the CUDA context comes on top).
+Each config ends with `ratio: X`.
 """
 from __future__ import annotations
 
@@ -21,12 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.config_args import add_config_arguments, configs_and_overrides  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.distributed import resolve_device  # noqa: E402
 from engine.inference import resolve_amp  # noqa: E402
 from engine.optim import make_model, make_optimizer  # noqa: E402
 from engine.trainer import _step_loss  # noqa: E402
 
+V100_MIB = 16160
 NUM_CLASSES = {"camvid": 11, "synthetic": 11, "cityscapes": 19}
 
 
@@ -71,26 +76,30 @@ def time_steps(cfg, stage, device, amp: str, steps: int, warmup: int) -> tuple[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("config")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
-    cfg = load_config(args.config, args.overrides)
-    device = resolve_device(cfg.runtime.device)
-    # The most demanding stage: the largest per-GPU batch.
-    name, stage = max(cfg.stages.items(), key=lambda kv: kv[1].batch_labeled + kv[1].batch_unlabeled)
-    amp = resolve_amp(cfg.runtime.amp, device)
-    images = stage.batch_labeled + stage.batch_unlabeled
-    print(f"{cfg.name}: stage {name}, batch {stage.batch_labeled}+{stage.batch_unlabeled} per GPU, "
-          f"crop {cfg.data.crop_size}, {cfg.model.backbone} OS{cfg.model.output_stride}, device {device}")
-    results = {}
-    for mode in dict.fromkeys([amp, "none"]):
-        step, peak = time_steps(cfg, stage, device, mode, args.steps, args.warmup)
-        results[mode] = step
-        print(f"amp={mode:5s} step {step:.3f} s  {images / step:.1f} images/s  peak memory {peak:.0f} MiB")
-    print(f"ratio: {results['none'] / results[amp]:.2f}")
+    names, overrides = configs_and_overrides(parser, args)
+    for name in names:
+        cfg = load_config(name, overrides)
+        device = resolve_device(cfg.runtime.device)
+        # The most demanding stage: the largest per-GPU batch.
+        stage_name, stage = max(cfg.stages.items(), key=lambda kv: kv[1].batch_labeled + kv[1].batch_unlabeled)
+        amp = resolve_amp(cfg.runtime.amp, device)
+        images = stage.batch_labeled + stage.batch_unlabeled
+        print(f"{cfg.name}: stage {stage_name}, batch {stage.batch_labeled}+{stage.batch_unlabeled} per GPU, "
+              f"crop {cfg.data.crop_size}, {cfg.model.backbone} OS{cfg.model.output_stride}, device {device}",
+              flush=True)
+        results = {}
+        for mode in dict.fromkeys([amp, "none"]):
+            step, peak = time_steps(cfg, stage, device, mode, args.steps, args.warmup)
+            results[mode] = step
+            verdict = f", fits 16 GB: {'yes' if peak <= V100_MIB else 'NO'}" if device.type == "cuda" else ""
+            print(f"amp={mode:5s} step {step:.3f} s  {images / step:.1f} images/s  peak memory {peak:.0f} MiB"
+                  f"{verdict}", flush=True)
+        print(f"ratio: {results['none'] / results[amp]:.2f}")
 
 
 if __name__ == "__main__":
