@@ -81,7 +81,7 @@ def train_phase(model, *, stage, stage_name: str, cfg, ctx, amp: str, labeled_vi
     """Train `model` in place for one stage; resumes from `stage_dir/checkpoints` if present.
 
     evaluate_fn(model) -> metrics dict, called every `stage.eval_every` epochs (all ranks).
-    Returns {"best_miou", "evals", "skipped_steps", "train_time_s"}.
+    Returns {"best_miou", "evals", "skipped_steps", "train_time_s", "throughput"}.
     """
     device = ctx.device
     total = stage.epochs * stage.iters_per_epoch
@@ -137,7 +137,11 @@ def train_phase(model, *, stage, stage_name: str, cfg, ctx, amp: str, labeled_vi
     net.train()
     bar = tqdm(total=total, initial=start, desc=stage_name, disable=not ctx.is_main, dynamic_ncols=True)
     t0 = time.time()
-    for step, batch_l, batch_u in zip(range(start, total), batches_l, batches_u):
+    data_wait = 0.0  # time this process spent waiting for batches: is the device left idle?
+    for step in range(start, total):
+        t_fetch = time.perf_counter()
+        batch_l, batch_u = next(batches_l), next(batches_u)
+        data_wait += time.perf_counter() - t_fetch
         lr = set_poly_lr(optimizer, step, total, cfg.optim.poly_power)
         try:
             loss, parts = _step_loss(net, batch_l, batch_u, stage, cfg, device, amp,
@@ -171,6 +175,7 @@ def train_phase(model, *, stage, stage_name: str, cfg, ctx, amp: str, labeled_vi
         if done % cfg.runtime.log_every == 0 or done == total:
             scalars = {f"{stage_name}/loss_{k}": v.item() for k, v in parts.items()}
             scalars[f"{stage_name}/lr"] = lr
+            scalars[f"{stage_name}/data_wait_fraction"] = data_wait / max(time.time() - t0, 1e-9)
             logger.scalars(scalars, done)
             bar.set_postfix(loss=f"{parts['total'].item():.3f}", lr=f"{lr:.2e}")
         if evaluate_fn is not None and stage.eval_every and done % (stage.eval_every * stage.iters_per_epoch) == 0 \
@@ -190,5 +195,16 @@ def train_phase(model, *, stage, stage_name: str, cfg, ctx, amp: str, labeled_vi
     # DDP broadcasts BatchNorm statistics from rank 0 at the start of each forward, so after the
     # last step every rank holds its own: make them rank 0's, as every checkpoint already is.
     dist_utils.broadcast_buffers(model, ctx)
-    train_time += time.time() - t0
-    return {"best_miou": best, "evals": evals, "skipped_steps": skipped, "train_time_s": train_time}
+    elapsed = time.time() - t0
+    train_time += elapsed
+    # Throughput of this process's share of the stage (a resumed stage: since the resume).
+    images = (total - start) * (stage.batch_labeled + stage.batch_unlabeled) * ctx.world_size
+    throughput = {"steps": total - start, "seconds": elapsed,
+                  "images_per_s": images / elapsed if elapsed > 0 else None,
+                  "data_wait_fraction": data_wait / elapsed if elapsed > 0 else None}
+    if total > start:
+        logger.log(f"[{stage_name}] {throughput['images_per_s']:.2f} images/s over {total - start} steps "
+                   f"({ctx.world_size} process(es)), {100 * throughput['data_wait_fraction']:.1f}% of the "
+                   f"time waiting for data")
+    return {"best_miou": best, "evals": evals, "skipped_steps": skipped, "train_time_s": train_time,
+            "throughput": throughput}

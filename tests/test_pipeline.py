@@ -49,6 +49,17 @@ def test_query_reveals_the_top_entropy_cells_and_accounts_pixels_exactly(al_run)
         assert set(np.flatnonzero(new[i].ravel()).tolist()) == top
 
 
+def test_each_stage_records_its_throughput(al_run):
+    # student: 1 epoch x 3 steps of 1 labeled + 2 pseudo-labeled images (tests/pipeline_helpers.py)
+    expected = {"00_teacher": (6, 2), "01_student": (3, 3), "02_query1": (6, 3)}
+    for stage, (steps, batch) in expected.items():
+        got = json.loads((al_run["run"] / stage / "metrics.json").read_text())["train"]["throughput"]
+        assert got["steps"] == steps
+        assert got["images_per_s"] == pytest.approx(steps * batch / got["seconds"], rel=1e-6)
+        assert 0.0 <= got["data_wait_fraction"] < 1.0  # workers: 0, so loading time is waiting time
+        assert got["data_wait_fraction"] > 0.0
+
+
 def test_outputs_a_user_looks_at_exist(al_run):
     run = al_run["run"]
     assert len(list((run / "02_query1" / "query_vis").glob("*.png"))) == 2
