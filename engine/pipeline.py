@@ -176,7 +176,9 @@ class Experiment:
         record = read_stage_record(stage_dir)
         self.records.append(record)
         self.logger.log(f"[{name}] already finished: mIoU {record['miou']:.2f}")
-        return LabelPool.load(stage_dir / "pool.npz"), load_weights(stage_dir / "weights.pth")
+        # A stage reused from a run without queries holds whole-image cells: refine them to our grid.
+        pool = LabelPool.load(stage_dir / "pool.npz").on_grid(self.grid)
+        return pool, load_weights(stage_dir / "weights.pth")
 
     # ------------------------------------------------------------------ pseudo labels (+ scores)
     def pseudo_label(self, index: int, name: str, teacher_state: dict, pool: LabelPool, *, score: bool) -> dict:

@@ -192,6 +192,20 @@ class LabelPool:
         return (f"LabelPool(images={len(self)}, grid={self.grid!r}, cycle={self.cycle}, "
                 f"labeled_pixel_pct={100.0 * self.labeled_pixel_fraction():.3f})")
 
+    def on_grid(self, grid: RegionGrid) -> "LabelPool":
+        """The same labeled pixels on `grid`. A run without a query stage keeps whole-image pools
+        (one cell per image); a query run that reuses its stages (init_from) refines them to its
+        region grid: a labeled image has every cell labeled. Other moves are refused."""
+        if grid == self.grid:
+            return self
+        if self.grid.shape != (1, 1) or (grid.height, grid.width) != (self.grid.height, self.grid.width):
+            raise ValueError(f"LabelPool.on_grid: cannot move a pool on {self.grid!r} to {grid!r}; only a "
+                             f"whole-image pool can be refined to a grid over images of the same size")
+        cells_per_image = grid.shape[0] * grid.shape[1]
+        cells = np.broadcast_to(self._cells, (len(self), *grid.shape))
+        history = [{**entry, "regions_added": entry["regions_added"] * cells_per_image} for entry in self._history]
+        return LabelPool(self._ids, grid, cells, self.cycle, history)
+
     def fully_labeled(self) -> list[int]:
         return np.flatnonzero(self._cells.all(axis=(1, 2))).tolist()
 

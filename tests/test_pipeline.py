@@ -98,6 +98,27 @@ def test_init_from_reuses_identical_leading_stages(al_run):
     assert final_weights(base / "run_b").keys() == final_weights(al_run["run"]).keys()
 
 
+def test_a_query_run_reuses_the_stages_of_a_run_without_queries(al_run):
+    # A run without a query stage keeps whole-image pools; a query run that reuses its teacher
+    # (Table 1 row 5 from row 4) must carry them over to its region grid.
+    base = al_run["base"]
+    teacher_only = "\nstages:\n  teacher: {kind: supervised, batch_labeled: 2}\n"
+    sup = write_config(base, "tiny_sup", base / "run_sup", al_run["data"], stages=teacher_only)
+    assert run_script("train_al.py", sup).returncode == 0
+    query = teacher_only + "  query1: {kind: query, batch_labeled: 1, batch_unlabeled: 2, init: teacher, epochs: 1}\n"
+    cfg = write_config(base, "tiny_sup_query", base / "run_sq", al_run["data"], stages=query,
+                       extra=f"init_from: {sup}\n")
+    result = run_script("train_al.py", cfg)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("] reused from ") == 1
+    teacher_pool = LabelPool.load(base / "run_sup" / "00_teacher" / "pool.npz")
+    query_pool = LabelPool.load(base / "run_sq" / "01_query1" / "pool.npz")
+    assert teacher_pool.grid.shape == (1, 1) and query_pool.grid.shape == (3, 4)
+    labeled = teacher_pool.cells[:, 0, 0]
+    assert query_pool.cells[labeled].all()  # the reused labeled images stay fully labeled
+    assert query_pool.cells[~labeled].sum(axis=(1, 2)).tolist() == [2] * int((~labeled).sum())
+
+
 def test_ssl_run_uses_the_labeled_split_and_never_queries(tmp_path_factory, al_run):
     base = tmp_path_factory.mktemp("ssl")
     data = al_run["data"]

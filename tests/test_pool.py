@@ -241,3 +241,21 @@ def test_every_damaged_file_loads_identically_or_fails_naming_path(tmp_path):
             continue
         np.testing.assert_array_equal(loaded.cells, original.cells)
         assert loaded.ids == original.ids and loaded.history == original.history
+
+
+def test_whole_image_pool_refines_to_a_region_grid():
+    whole = RegionGrid(6, 9, (6, 9))
+    pool = LabelPool(["a", "b", "c"], whole, np.array([False, True, False]).reshape(3, 1, 1))
+    fine = RegionGrid(6, 9, (3, 4))  # 2 x 3 cells, the last column 1 px wide
+    refined = pool.on_grid(fine)
+    assert refined.grid == fine and refined.ids == pool.ids
+    assert refined.cells[1].all() and not refined.cells[[0, 2]].any()
+    for i in range(3):  # pixel by pixel: the labeled area has not changed
+        np.testing.assert_array_equal(refined.labeled_pixel_mask(i), pool.labeled_pixel_mask(i))
+    assert refined.labeled_pixel_fraction() == pool.labeled_pixel_fraction() == 1 / 3
+    assert refined.history[0]["regions_added"] == 6  # one image = 6 cells
+    assert pool.on_grid(whole) is pool
+    with pytest.raises(ValueError, match="only a whole-image pool"):
+        refined.on_grid(RegionGrid(6, 9, (2, 3)))
+    with pytest.raises(ValueError, match="cannot move"):
+        pool.on_grid(RegionGrid(6, 8, (3, 4)))
