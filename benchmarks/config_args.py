@@ -1,9 +1,11 @@
-"""Command-line arguments shared by the per-config benchmarks: config names, `key=value`
-overrides (in any order, as for train_al.py), and `--table` for a whole paper table."""
+"""What the per-config benchmarks share: command-line arguments (config names, `key=value`
+overrides in any order as for train_al.py, `--table` for a whole paper table) and the stage
+they measure."""
 from __future__ import annotations
 
 import argparse
 
+from datasets import CAMVID_CLASSES, CITYSCAPES_CLASSES
 from experiments.reproduce import TABLE_CONFIGS
 
 
@@ -22,3 +24,12 @@ def configs_and_overrides(parser: argparse.ArgumentParser, args) -> tuple[list[s
     if not names:
         parser.error("name at least one config, or --table")
     return names, overrides
+
+
+# The synthetic scenes use CamVid's classes.
+NUM_CLASSES = {"camvid": len(CAMVID_CLASSES), "synthetic": len(CAMVID_CLASSES), "cityscapes": len(CITYSCAPES_CLASSES)}
+
+
+def largest_stage(cfg):
+    """(name, stage) with the largest per-GPU batch: the most demanding stage of a config."""
+    return max(cfg.stages.items(), key=lambda kv: kv[1].batch_labeled + kv[1].batch_unlabeled)

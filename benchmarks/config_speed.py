@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.config_args import add_config_arguments, configs_and_overrides  # noqa: E402
+from benchmarks.config_args import NUM_CLASSES, add_config_arguments, configs_and_overrides, largest_stage  # noqa: E402,E501
 from engine.config import load_config  # noqa: E402
 from engine.distributed import resolve_device  # noqa: E402
 from engine.inference import resolve_amp  # noqa: E402
@@ -32,7 +32,6 @@ from engine.optim import make_model, make_optimizer  # noqa: E402
 from engine.trainer import _step_loss  # noqa: E402
 
 V100_MIB = 16160
-NUM_CLASSES = {"camvid": 11, "synthetic": 11, "cityscapes": 19}
 
 
 def peak_memory_mib(device) -> float:
@@ -85,8 +84,7 @@ def main() -> None:
     for name in names:
         cfg = load_config(name, overrides)
         device = resolve_device(cfg.runtime.device)
-        # The most demanding stage: the largest per-GPU batch.
-        stage_name, stage = max(cfg.stages.items(), key=lambda kv: kv[1].batch_labeled + kv[1].batch_unlabeled)
+        stage_name, stage = largest_stage(cfg)
         amp = resolve_amp(cfg.runtime.amp, device)
         images = stage.batch_labeled + stage.batch_unlabeled
         print(f"{cfg.name}: stage {stage_name}, batch {stage.batch_labeled}+{stage.batch_unlabeled} per GPU, "

@@ -38,56 +38,63 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.config_args import add_config_arguments, configs_and_overrides  # noqa: E402
+from benchmarks.config_args import NUM_CLASSES, add_config_arguments, configs_and_overrides, largest_stage  # noqa: E402,E501
 from engine.config import load_config  # noqa: E402
 from engine.optim import make_model, make_optimizer  # noqa: E402
 from losses.ce import masked_cross_entropy  # noqa: E402
 
-NUM_CLASSES = {"camvid": 11, "synthetic": 11, "cityscapes": 19}
 BUDGET_GIB = 16160 / 1024  # what nvidia-smi reports as total memory on a V100 16 GB
 OVERHEAD_GIB = 1.0  # CUDA context, cuDNN workspaces, fragmentation, ReCo: not on the fake tensors
 
 
-def largest_stage(cfg):
-    return max(cfg.stages.items(), key=lambda kv: kv[1].batch_labeled + kv[1].batch_unlabeled)
+class StepRunner:
+    """The model, optimizer and one training step of a config's largest stage, on random tensors.
+    CE on all images; the representation head's output enters the loss through a mean square,
+    standing in for ReCo (whose shapes depend on the labels) so the head's backward is counted."""
+
+    def __init__(self, cfg):
+        _, self.stage = largest_stage(cfg)
+        self.num_classes = NUM_CLASSES[cfg.data.dataset]
+        self.shape = (self.stage.batch_labeled + self.stage.batch_unlabeled, *cfg.data.crop_size)
+        self.model = make_model(cfg, self.num_classes, rep_head=self.stage.reco, noise=self.stage.noise,
+                                pretrained="none")
+        self.model.train()
+        self.optimizer = make_optimizer(self.model, cfg.optim)
+
+    def step(self, dtype: torch.dtype = torch.float32) -> None:
+        n, h, w = self.shape
+        images, labels = torch.randn(n, 3, h, w), torch.randint(0, self.num_classes, (n, h, w))
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            if self.stage.reco:
+                logits, rep = self.model(images, return_rep=True)
+            else:
+                logits, rep = self.model(images), None
+        loss = masked_cross_entropy(logits, labels)
+        if rep is not None:
+            loss = loss + rep.float().square().mean()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
-def estimate_peak_gib(cfg, dtype: torch.dtype, batch: int | None = None) -> dict[str, float]:
+def estimate_peak_gib(cfg, dtype: torch.dtype) -> dict[str, float]:
     """Peak bytes of one training step of the config's largest stage, by category, in GiB."""
     try:
         from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.distributed._tools.mem_tracker import MemTracker
     except ImportError as err:
         raise SystemExit(f"error: memory_estimate.py needs torch >= 2.5 ({err})") from None
-    _, stage = largest_stage(cfg)
-    n = batch or stage.batch_labeled + stage.batch_unlabeled
-    num_classes = NUM_CLASSES[cfg.data.dataset]
-    h, w = cfg.data.crop_size
     with FakeTensorMode():
-        model = make_model(cfg, num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none")
-        model.train()
-        optimizer = make_optimizer(model, cfg.optim)
+        runner = StepRunner(cfg)
         # A first (zero) step creates the momentum buffers, as any step after the first has them.
-        for p in model.parameters():
+        for p in runner.model.parameters():
             p.grad = torch.zeros_like(p)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        runner.optimizer.step()
+        runner.optimizer.zero_grad(set_to_none=True)
         tracker = MemTracker()
-        tracker.track_external(model, optimizer)
+        tracker.track_external(runner.model, runner.optimizer)
         with tracker:
-            images = torch.randn(n, 3, h, w)
-            labels = torch.randint(0, num_classes, (n, h, w))
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-                if stage.reco:
-                    logits, rep = model(images, return_rep=True)
-                else:
-                    logits, rep = model(images), None
-            loss = masked_cross_entropy(logits, labels)
-            if rep is not None:  # stands in for ReCo so the representation head's backward is counted
-                loss = loss + rep.float().square().mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            runner.step(dtype)
         snapshot = next(iter(tracker.get_tracker_snapshot("peak").values()))
     return {str(getattr(k, "value", k)): v / 2**30 for k, v in snapshot.items()}
 
@@ -96,35 +103,14 @@ def measure_cpu_step_gib(name: str, overrides: list[str]) -> float:
     """Growth of the resident set during one real fp32 training step of config `name` on the CPU
     (the third; the first two create the momentum buffers and warm up), in GiB. Run it in a fresh
     process (ru_maxrss is a lifetime peak) that has MALLOC_MMAP_THRESHOLD_ set."""
-    cfg = load_config(name, overrides)
-    _, stage = largest_stage(cfg)
-    n = stage.batch_labeled + stage.batch_unlabeled
-    num_classes = NUM_CLASSES[cfg.data.dataset]
-    h, w = cfg.data.crop_size
-    model = make_model(cfg, num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none")
-    model.train()
-    optimizer = make_optimizer(model, cfg.optim)
-
-    def step():
-        images, labels = torch.randn(n, 3, h, w), torch.randint(0, num_classes, (n, h, w))
-        if stage.reco:
-            logits, rep = model(images, return_rep=True)
-        else:
-            logits, rep = model(images), None
-        loss = masked_cross_entropy(logits, labels)
-        if rep is not None:
-            loss = loss + rep.float().square().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
-    step()
+    runner = StepRunner(load_config(name, overrides))
+    runner.step()
+    runner.step()
     page = os.sysconf("SC_PAGE_SIZE")
     before = int(Path("/proc/self/statm").read_text().split()[1]) * page
     # ru_maxrss is the lifetime peak; it is reached in a step after the first, once the momentum
     # buffers exist, because every freed block goes back to the OS and the baseline is steady.
-    step()
+    runner.step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return (peak - before) / 2**30
 
