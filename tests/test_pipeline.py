@@ -98,6 +98,21 @@ def test_init_from_reuses_identical_leading_stages(al_run):
     assert final_weights(base / "run_b").keys() == final_weights(al_run["run"]).keys()
 
 
+def test_a_random_query_twin_reuses_the_stages_before_the_query(al_run):
+    # Same stages, other query strategy: teacher and student did not depend on it, query1 does.
+    base = al_run["base"]
+    cfg = write_config(base, "tiny_al_random", base / "run_random", al_run["data"],
+                       extra=f"init_from: {al_run['config']}\n")
+    cfg.write_text(cfg.read_text().replace("regions_per_image: 2,", "regions_per_image: 2, strategy: random,"))
+    result = run_script("train_al.py", cfg)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("] reused from ") == 2
+    entropy = LabelPool.load(al_run["run"] / "02_query1" / "pool.npz")
+    random = LabelPool.load(base / "run_random" / "02_query1" / "pool.npz")
+    assert random.labeled_pixel_fraction() == entropy.labeled_pixel_fraction()  # same budget...
+    assert not np.array_equal(random.cells, entropy.cells)  # ...other regions
+
+
 def test_a_query_run_reuses_the_stages_of_a_run_without_queries(al_run):
     # A run without a query stage keeps whole-image pools; a query run that reuses its teacher
     # (Table 1 row 5 from row 4) must carry them over to its region grid.
