@@ -26,6 +26,9 @@ def configs_and_overrides(parser: argparse.ArgumentParser, args) -> tuple[list[s
     return names, overrides
 
 
+# What nvidia-smi reports as total memory on a V100 16 GB, the card the paper trained on.
+V100_MIB = 16160
+
 # The synthetic scenes use CamVid's classes.
 NUM_CLASSES = {"camvid": len(CAMVID_CLASSES), "synthetic": len(CAMVID_CLASSES), "cityscapes": len(CITYSCAPES_CLASSES)}
 

@@ -24,14 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.config_args import NUM_CLASSES, add_config_arguments, configs_and_overrides, largest_stage  # noqa: E402,E501
+from benchmarks.config_args import (NUM_CLASSES, V100_MIB, add_config_arguments, configs_and_overrides,  # noqa: E402
+                                    largest_stage)
 from engine.config import load_config  # noqa: E402
 from engine.distributed import resolve_device  # noqa: E402
 from engine.inference import resolve_amp  # noqa: E402
 from engine.optim import make_model, make_optimizer  # noqa: E402
 from engine.trainer import _step_loss  # noqa: E402
-
-V100_MIB = 16160
 
 
 def peak_memory_mib(device) -> float:

@@ -38,12 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.config_args import NUM_CLASSES, add_config_arguments, configs_and_overrides, largest_stage  # noqa: E402,E501
+from benchmarks.config_args import (NUM_CLASSES, V100_MIB, add_config_arguments, configs_and_overrides,  # noqa: E402
+                                    largest_stage)
 from engine.config import load_config  # noqa: E402
 from engine.optim import make_model, make_optimizer  # noqa: E402
 from losses.ce import masked_cross_entropy  # noqa: E402
 
-BUDGET_GIB = 16160 / 1024  # what nvidia-smi reports as total memory on a V100 16 GB
+BUDGET_GIB = V100_MIB / 1024
 OVERHEAD_GIB = 1.0  # CUDA context, cuDNN workspaces, fragmentation, ReCo: not on the fake tensors
 
 

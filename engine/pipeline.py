@@ -115,7 +115,7 @@ class Experiment:
         for i, (name, s) in enumerate(cfg.stages.items()):
             reuse = ""
             if name in self.reusable:
-                finished = RunDirectory.stage_done(self.reuse_dir / RunDirectory.stage_folder(i, name))
+                finished = RunDirectory.stage_done(self.reuse_source(i, name))
                 reuse = f" (same as in {self.reuse_dir}: " + ("reused)" if finished else "reused once finished there)")
             lines.append(f"stage {i} {name}: {s.kind}, {s.epochs} ep x {s.iters_per_epoch} it = "
                          f"{s.epochs * s.iters_per_epoch} steps, batch {s.batch_labeled}+{s.batch_unlabeled}, "
@@ -162,11 +162,15 @@ class Experiment:
         return 100.0 * pool.labeled_pixel_fraction()
 
     # ------------------------------------------------------------------ finished / reused stages
+    def reuse_source(self, index: int, name: str) -> Path:
+        """The folder of stage `name` in the init_from run (only for names in self.reusable)."""
+        return self.reuse_dir / RunDirectory.stage_folder(index, name)
+
     def finished_stage(self, index: int, name: str):
         """(pool, weights) of a stage finished earlier — in this run or, via init_from, another."""
         stage_dir = self.run.stage_dir(index, name)
-        source_dir = self.reuse_dir / stage_dir.name if self.reuse_dir else None
-        if not RunDirectory.stage_done(stage_dir) and name in self.reusable and RunDirectory.stage_done(source_dir):
+        source_dir = self.reuse_source(index, name) if name in self.reusable else None
+        if not RunDirectory.stage_done(stage_dir) and source_dir is not None and RunDirectory.stage_done(source_dir):
             if self.ctx.is_main:
                 copy_finished_stage(source_dir, stage_dir)
                 self.logger.log(f"[{name}] reused from {source_dir}")

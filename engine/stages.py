@@ -224,19 +224,18 @@ def reusable_stages(cfg, overrides=()) -> tuple[Path | None, list[str]]:
         shared.append(a)
     ignore = ("stages", "output_dir", "init_from", "name")
 
-    def comparable(c, prefix):
+    def setup(c):  # everything outside `stages` that a stage before the first query depends on
         d = _without(c.to_dict(), ignore)
-        if not any(cfg.stages[n].kind == "query" for n in prefix):
-            d["query"] = _without(d["query"], _QUERY_ONLY)
+        d["query"] = _without(d["query"], _QUERY_ONLY)
         return d
 
-    if comparable(other, shared) != comparable(cfg, shared):
-        # Query settings differ (e.g. random vs entropy): the stages before the first query
-        # stage did not use them, so they can still be reused.
+    if setup(other) != setup(cfg):
+        shared = []
+    elif other.query != cfg.query:
+        # Only query settings differ (e.g. random vs entropy): the stages before the first
+        # query stage did not use them, so those are still reused.
         kinds = [cfg.stages[n].kind for n in shared]
-        shared = shared[:kinds.index("query")] if "query" in kinds else []
-        if comparable(other, shared) != comparable(cfg, shared):
-            shared = []
+        shared = shared[:kinds.index("query")] if "query" in kinds else shared
     return Path(other.output_dir), shared
 
 
