@@ -7,7 +7,13 @@ negatives (CamVid at 360x480, stride 4). Prints forward+backward time and peak m
 (and CUDA when present), the mean loss of both over many draws, and ends with
 `ratio: <CPU speed-up>`.
 
-    python benchmarks/reco_loss.py [--repeats 3] [--draws 30]
+Ours works densely over all classes so that it never reads a value back to the host (see
+losses/reco.py). "compact_host_reads" is the previous sampler, which works on the present
+classes only and reads their number (and more) on the host, syncing a GPU each call. Both are
+also timed with only `--few-present` of the 11 classes in the labels, where the dense form pays
+for the absent classes; on a CPU host reads cost nothing, so this shows the price, not the gain.
+
+    python benchmarks/reco_loss.py [--repeats 3] [--draws 30] [--few-present 6]
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from losses.reco import IGNORE_INDEX, downsample_labels, reco_loss  # noqa: E402
+from losses.reco import (  # noqa: E402
+    IGNORE_INDEX, ReCoIndices, _uniform_below, downsample_labels, reco_from_indices, reco_loss,
+)
 
 NUM_CLASSES, DIM, BATCH, REP_H, REP_W, STRIDE = 11, 256, 4, 90, 120, 4
 DEFAULTS = dict(temperature=0.5, num_queries=256, num_negatives=512, strong_threshold=0.97)
@@ -72,14 +80,76 @@ def per_class_loop_reco(rep, label, prob, num_classes, temperature, num_queries,
     return loss / len(counts)
 
 
-IMPLEMENTATIONS = {"ours": reco_loss, "per_class_loop": per_class_loop_reco}
+@torch.no_grad()
+def _compact_indices(rep, label, prob, num_classes, temperature, num_queries, num_negatives,
+                     strong_threshold, generator):
+    """The previous sampler (present classes only; `nonzero`, `bincount` and `if` on label-dependent
+    values: host reads), returning the new ReCoIndices with one row per class with queries."""
+    dim = rep.shape[1]
+    rep_flat = rep.detach().float().permute(0, 2, 3, 1).reshape(-1, dim)
+    label_flat = label.reshape(-1)
+    pixel_index = (label_flat != IGNORE_INDEX).nonzero().squeeze(1)
+    pixel_class = label_flat[pixel_index]
+    classes = torch.bincount(pixel_class, minlength=num_classes).nonzero().squeeze(1)
+    num_present = classes.numel()
+    if num_present < 2:
+        return None
+    slot_of_class = torch.full((num_classes,), -1, dtype=torch.long, device=label.device)
+    slot_of_class[classes] = torch.arange(num_present, device=label.device)
+    pixel_slot = slot_of_class[pixel_class]
+
+    def sorted_by_slot(pixels, slots):
+        count = torch.bincount(slots, minlength=num_present)
+        return pixels[torch.argsort(slots, stable=True)], torch.cumsum(count, 0) - count, count
+
+    pixels_by_slot, slot_start, slot_count = sorted_by_slot(pixel_index, pixel_slot)
+    class_sum = torch.zeros(num_present, dim, device=rep.device).index_add_(0, pixel_slot, rep_flat[pixel_index])
+    class_mean = class_sum / slot_count[:, None].float()
+    prob_flat = prob.detach().float().permute(0, 2, 3, 1).reshape(-1, num_classes)
+    is_hard = prob_flat[pixel_index, pixel_class] < strong_threshold
+    hard_by_slot, hard_start, hard_count = sorted_by_slot(pixel_index[is_hard], pixel_slot[is_hard])
+    query_slots = (hard_count > 0).nonzero().squeeze(1)
+    if query_slots.numel() == 0:
+        return None
+    q_offset = _uniform_below(hard_count[query_slots][:, None].expand(-1, num_queries), generator)
+    query_index = hard_by_slot[hard_start[query_slots][:, None] + q_offset]
+    mean_unit = F.normalize(class_mean, dim=1)
+    similarity = (mean_unit @ mean_unit.T) / temperature
+    similarity.fill_diagonal_(float("-inf"))
+    neg_slot = torch.multinomial(torch.softmax(similarity, dim=1)[query_slots], num_queries * num_negatives,
+                                 replacement=True, generator=generator)
+    negative_index = pixels_by_slot[slot_start[neg_slot] + _uniform_below(slot_count[neg_slot], generator)]
+    return ReCoIndices(
+        class_weight=torch.ones(len(query_slots), device=rep.device),
+        num_present=torch.tensor(float(num_present), device=rep.device),
+        positive_keys=class_mean[query_slots], query_index=query_index,
+        negative_index=negative_index.view(-1, num_queries, num_negatives),
+    )
 
 
-def make_inputs(device, seed=0):
-    """Street-scene-like blocky labels at input size (5% ignore), probabilities at rep size with
-    a mix of confident (easy) and unsure (hard) pixels, random representations."""
+def compact_host_reads_reco(rep, label, prob, num_classes, temperature, num_queries, num_negatives,
+                            strong_threshold, generator=None):
+    """Baseline: the previous sampler + the same Eqn. 1 as ours."""
+    rep = rep.float()
+    label = downsample_labels(label, rep.shape[-2:])
+    indices = _compact_indices(rep, label, prob, num_classes, temperature, num_queries, num_negatives,
+                               strong_threshold, generator)
+    if indices is None:
+        return rep.sum() * 0.0
+    return reco_from_indices(rep, indices, temperature)
+
+
+IMPLEMENTATIONS = {"ours": reco_loss, "compact_host_reads": compact_host_reads_reco,
+                   "per_class_loop": per_class_loop_reco}
+
+
+
+def make_inputs(device, seed=0, present=NUM_CLASSES):
+    """Street-scene-like blocky labels at input size (5% ignore) using classes 0..present-1,
+    probabilities at rep size with a mix of confident (easy) and unsure (hard) pixels, random
+    representations."""
     g = torch.Generator().manual_seed(seed)
-    cells = torch.randint(0, NUM_CLASSES, (BATCH, 1, 9, 12), generator=g).float()
+    cells = torch.randint(0, present, (BATCH, 1, 9, 12), generator=g).float()
     label = F.interpolate(cells, size=(REP_H * STRIDE, REP_W * STRIDE), mode="nearest")[:, 0].long()
     label[torch.rand(label.shape, generator=g) < 0.05] = IGNORE_INDEX
     small = downsample_labels(label, (REP_H, REP_W)).clamp(max=NUM_CLASSES - 1)
@@ -95,8 +165,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_forward_backward(name, device, repeats):
-    rep, label, prob = make_inputs(device)
+def time_forward_backward(name, device, repeats, present=NUM_CLASSES):
+    rep, label, prob = make_inputs(device, present=present)
     fn = IMPLEMENTATIONS[name]
     gen = torch.Generator(device=device).manual_seed(0)
     times, losses = [], []
@@ -171,13 +241,21 @@ def report(device, args):
         seconds, losses = time_forward_backward(name, device, args.repeats)
         memory = peak_memory_mb(name, device)
         timings[name] = seconds
-        print(f"{name:>15}: forward+backward {seconds:.3f} s (median of {args.repeats}), "
+        print(f"{name:>18}: forward+backward {seconds:.3f} s (median of {args.repeats}), "
               f"peak extra memory {memory:.0f} MiB, losses {', '.join(f'{v:.4f}' for v in losses)}")
+    few = {name: time_forward_backward(name, device, args.repeats, args.few_present)[0]
+           for name in ("ours", "compact_host_reads")}
+    print(f"{args.few_present} of {NUM_CLASSES} classes present: ours {few['ours']:.3f} s, "
+          f"compact_host_reads {few['compact_host_reads']:.3f} s")
+    print(f"dense / compact time: {timings['ours'] / timings['compact_host_reads']:.2f} (all present), "
+          f"{few['ours'] / few['compact_host_reads']:.2f} ({args.few_present} present)")
     draws = mean_loss_over_draws(device, args.draws, args.agree_queries, args.agree_negatives)
-    (m1, s1), (m2, s2) = draws["ours"], draws["per_class_loop"]
-    print(f"mean loss over {args.draws} draws ({args.agree_queries} queries, {args.agree_negatives} negatives): "
-          f"ours {m1:.4f} +- {s1:.4f}, per-class loop {m2:.4f} +- {s2:.4f}, "
-          f"difference {abs(m1 - m2) / max((s1 ** 2 + s2 ** 2) ** 0.5, 1e-12):.1f} standard errors")
+    (m1, s1) = draws["ours"]
+    for other in ("compact_host_reads", "per_class_loop"):
+        m2, s2 = draws[other]
+        print(f"mean loss over {args.draws} draws ({args.agree_queries} queries, {args.agree_negatives} "
+              f"negatives): ours {m1:.4f} +- {s1:.4f}, {other} {m2:.4f} +- {s2:.4f}, "
+              f"difference {abs(m1 - m2) / max((s1 ** 2 + s2 ** 2) ** 0.5, 1e-12):.1f} standard errors")
     speedup = timings["per_class_loop"] / timings["ours"]
     print(f"{device.type} speed-up: {speedup:.1f}x")
     return speedup
@@ -190,6 +268,8 @@ def main():
     parser.add_argument("--agree-queries", type=int, default=64,
                         help="queries per class for the mean-loss comparison (the loop is slow)")
     parser.add_argument("--agree-negatives", type=int, default=128)
+    parser.add_argument("--few-present", type=int, default=6,
+                        help="classes present in the second timing (the dense form's worst side)")
     parser.add_argument("--child-memory", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (0: torch's default); 1 gives stable figures on a shared machine")

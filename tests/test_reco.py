@@ -1,4 +1,5 @@
-"""ReCo loss: Eqn. 1 against explicit loops on the same draws, sampling rules, degenerate cases."""
+"""ReCo loss: Eqn. 1 against explicit loops on the same draws, sampling rules, the divisor,
+degenerate cases, no data-dependent host read."""
 
 import math
 
@@ -30,22 +31,35 @@ def _pixel(rep, i):
     return rep[i // (h * w), :, (i % (h * w)) // w, i % w]
 
 
-def _naive_eqn1(rep, label, indices, temperature):
-    """Eqn. 1 with plain loops: per class, per query, per negative."""
+def _classes_with_queries(label, prob):
+    """Present classes (from the labels) and those with a hard pixel, by plain loops."""
+    n, c, h, w = prob.shape
+    present, hard = set(), set()
+    for i, v in enumerate(label.reshape(-1).tolist()):
+        if v == 255:
+            continue
+        present.add(v)
+        if prob[i // (h * w), v, (i % (h * w)) // w, i % w] < THRESHOLD:
+            hard.add(v)
+    return sorted(present), sorted(hard) if len(present) >= 2 else []
+
+
+def _naive_eqn1(rep, label, prob, indices, temperature):
+    """Eqn. 1 with plain loops: per class with queries, per query, per negative; / present classes."""
     n, d, h, w = rep.shape
     flat_label = label.reshape(-1).tolist()
-    present = sorted({v for v in flat_label if v != 255})
+    present, query_classes = _classes_with_queries(label, prob)
     total = rep.sum() * 0
-    for a, cls in enumerate(indices.query_classes.tolist()):
+    for cls in query_classes:
         members = [_pixel(rep, i) for i, v in enumerate(flat_label) if v == cls]
         positive = (sum(members) / len(members)).detach()
         terms = []
-        for q, query_pixel in enumerate(indices.query_index[a].tolist()):
+        for q, query_pixel in enumerate(indices.query_index[cls].tolist()):
             r_q = _pixel(rep, query_pixel)
             cos = lambda u, v: torch.dot(u, v) / (u.norm() * v.norm())  # noqa: E731
             pos = torch.exp(cos(r_q, positive) / temperature)
             neg = sum(torch.exp(cos(r_q, _pixel(rep, k).detach()) / temperature)
-                      for k in indices.negative_index[a, q].tolist())
+                      for k in indices.negative_index[cls, q].tolist())
             terms.append(-torch.log(pos / (pos + neg)))
         total = total + sum(terms) / len(terms)
     return total / len(present)
@@ -55,12 +69,13 @@ def test_matches_naive_eqn1_loss_and_gradient():
     rep, label, prob = _problem()
     indices = sample_reco_indices(rep, label, prob, C, temperature=0.5, num_queries=5, num_negatives=7,
                                   strong_threshold=THRESHOLD, generator=torch.Generator().manual_seed(1))
-    assert indices.num_present_classes == 4 and indices.query_classes.tolist() == [0, 1, 2]
+    assert _classes_with_queries(label, prob) == ([0, 1, 2, 3], [0, 1, 2])  # the fixture's design
+    assert indices.class_weight.tolist() == [1, 1, 1, 0, 0] and indices.num_present.item() == 4
     fast_rep = rep.clone().requires_grad_(True)
     fast = reco_from_indices(fast_rep, indices, temperature=0.5)
     fast.backward()
     naive_rep = rep.double().requires_grad_(True)
-    naive = _naive_eqn1(naive_rep, label, indices, temperature=0.5)
+    naive = _naive_eqn1(naive_rep, label, prob, indices, temperature=0.5)
     naive.backward()
     assert fast.item() == pytest.approx(naive.item(), abs=1e-5)
     assert torch.allclose(fast_rep.grad.double(), naive_rep.grad, atol=1e-5)
@@ -86,20 +101,21 @@ def test_sampling_rules():
     own_prob = prob.permute(0, 2, 3, 1).reshape(-1, C).gather(1, flat_label.clamp(max=C - 1)[:, None])[:, 0]
     means = torch.stack([flat_rep[flat_label == c].mean(0) for c in range(4)])
     unit = means / means.norm(dim=1, keepdim=True)
-    for a, cls in enumerate(indices.query_classes.tolist()):
-        queries = indices.query_index[a]
+    for cls in _classes_with_queries(label, prob)[1]:
+        queries = indices.query_index[cls]
         assert (flat_label[queries] == cls).all() and (own_prob[queries] < THRESHOLD).all()
         hard = ((flat_label == cls) & (own_prob < THRESHOLD)).nonzero()[:, 0]
         assert set(queries.tolist()) == set(hard.tolist())  # every hard pixel gets drawn (400 draws)
-        assert torch.allclose(indices.positive_keys[a], means[cls], atol=1e-6)
-        negatives = flat_label[indices.negative_index[a]].reshape(-1)
+        assert torch.allclose(indices.positive_keys[cls], means[cls], atol=1e-6)
+        negatives = flat_label[indices.negative_index[cls]].reshape(-1)
         assert ((negatives != cls) & (negatives != 255) & (negatives < 4)).all()
         others = [c for c in range(4) if c != cls]
         expected = torch.softmax(torch.tensor([float(unit[cls] @ unit[c]) for c in others]) / 0.5, 0)
         observed = torch.tensor([(negatives == c).float().mean().item() for c in others])
         assert torch.allclose(observed, expected, atol=0.01)  # 200k draws: s.e. < 0.0012
         # within a negative class every pixel is equally likely
-        counts = torch.bincount(indices.negative_index[a].reshape(-1)[negatives == others[0]], minlength=flat_label.numel())
+        counts = torch.bincount(indices.negative_index[cls].reshape(-1)[negatives == others[0]],
+                                minlength=flat_label.numel())
         members = (flat_label == others[0]).nonzero()[:, 0]
         share = counts[members].float() / counts[members].sum()
         assert torch.allclose(share, torch.full_like(share, 1 / len(members)), rtol=0.25)
@@ -134,14 +150,37 @@ def test_degenerate_cases_give_graph_connected_zero(case):
     assert rep.grad is not None and (rep.grad == 0).all()
 
 
-def test_class_without_hard_pixels_counts_in_the_average():
-    """Class 3 has no hard pixel: no queries, but it still divides the sum (4 present classes)."""
-    rep, label, prob = _problem()
-    g = torch.Generator().manual_seed(5)
-    indices = sample_reco_indices(rep, label, prob, C, 0.5, 5, 7, THRESHOLD, g)
-    per_class_sum = reco_from_indices(rep, indices, 0.5) * indices.num_present_classes
-    assert indices.num_present_classes == 4 and len(indices.query_classes) == 3
-    assert per_class_sum.item() / 3 > reco_from_indices(rep, indices, 0.5).item()
+@pytest.mark.parametrize("hard_classes", [(0, 1), (2,)])
+def test_divides_by_present_classes_not_by_classes_with_queries(hard_classes):
+    """All representations equal: every query's term is exactly log(1 + K). Classes 0..3 are
+    present (P = 4) out of C = 6, only `hard_classes` (A of them) have hard pixels, so the loss
+    is A * log(1 + K) / P (ReCo's `reco_loss / valid_seg`). No ignore pixel and absent classes
+    last: the empty blocks of classes 4 and 5 start at the end of the pixel list."""
+    num_classes, negatives = 6, 5
+    label = torch.arange(4).repeat_interleave(4).view(1, 4, 4)
+    rep = torch.ones(1, 3, 4, 4)
+    prob = torch.full((1, num_classes, 4, 4), 0.002)
+    own = torch.where(torch.isin(label, torch.tensor(hard_classes)), 0.5, 0.99)
+    prob.scatter_(1, label[:, None], own[:, None].float())
+    loss = reco_loss(rep, label, prob, num_classes=num_classes, num_queries=3, num_negatives=negatives,
+                     generator=torch.Generator().manual_seed(0))
+    expected = len(hard_classes) * math.log(1 + negatives) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_sampling_and_loss_make_no_data_dependent_host_read():
+    """On CUDA a host read of a label-dependent value stalls the CPU until the forward pass is
+    done. `meta` tensors have shapes but no data: `.item()`, `bool(t)`, `nonzero`, masked
+    indexing and `bincount` (which syncs on CUDA to size its output) all raise on them, so the
+    accelerator path running end to end on meta shows it reads nothing back. (`reco_loss`'s
+    autocast wrapper has no meta backend; it reads no data either.)"""
+    rep = torch.empty(2, 8, 6, 7, device="meta", requires_grad=True)
+    label = downsample_labels(torch.empty(2, 12, 14, dtype=torch.long, device="meta"), (6, 7))
+    prob = torch.empty(2, C, 6, 7, device="meta")
+    indices = sample_reco_indices(rep, label, prob, C, 0.5, num_queries=4, num_negatives=3)
+    loss = reco_from_indices(rep, indices, 0.5)
+    loss.backward()
+    assert loss.shape == () and rep.grad.shape == rep.shape
 
 
 def test_fp32_under_autocast_and_prob_detached():
@@ -172,6 +211,9 @@ def test_bad_inputs_are_errors():
     bad = label.clone()
     bad[0, 0, 0] = 7
     with pytest.raises(ValueError, match="found 7"):
+        reco_loss(rep, bad, prob, num_classes=C)
+    bad[0, 0, 0] = -1
+    with pytest.raises(ValueError, match="found -1"):
         reco_loss(rep, bad, prob, num_classes=C)
     with pytest.raises(ValueError, match="prob must be"):
         reco_loss(rep, label, prob[:, :3], num_classes=C)
