@@ -14,7 +14,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .classes import INVALID
+from .cache import ResizedCache, png_size
+from .classes import INVALID, check_palette, default_palette
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,26 @@ def resize_pair(img: np.ndarray, lab: np.ndarray, size: tuple[int, int]
     return img, lab
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def paired_folder_entries(image_dir: Path, label_dir: Path, lut: np.ndarray, *, what: str,
+                          list_file: Path) -> list[SourceEntry]:
+    """Pair every `<image_dir>/<stem>.png|jpg` with `<label_dir>/<stem>.png`, sorted by stem; a
+    missing folder or label is an error naming it (`what` says which split of which data set)."""
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what}: folder not found: {folder} (and no list file {list_file})")
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    entries = []
+    for image_path in images:
+        label_path = label_dir / f"{image_path.stem}.png"
+        if not label_path.is_file():
+            raise FileNotFoundError(f"no label for image {image_path}: expected {label_path}")
+        entries.append(SourceEntry(image_path.stem, str(image_path), str(label_path), lut))
+    return entries
+
+
 def read_list_file(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Parse a split list: one `image label` pair per non-empty line."""
     path = Path(path)
@@ -106,14 +127,17 @@ class SegmentationSource:
     """Images and labels of one split of one dataset.
 
     `read(i)` returns the i-th pair at the working resolution (`resize`, or native size), with
-    labels as train ids (0..num_classes-1) and 255 = ignore.
+    labels as train ids (0..num_classes-1) and 255 = ignore. `palette`: uint8 (num_classes, 3)
+    colours of the class ids in pictures (default: the project palette).
     """
 
     def __init__(self, root: str | os.PathLike, classes: Sequence[str],
-                 entries: Sequence[SourceEntry], resize=None, name: str = ""):
+                 entries: Sequence[SourceEntry], resize=None, name: str = "", palette=None):
         self.root = Path(root)
         self.classes = tuple(classes)
         self.num_classes = len(self.classes)
+        self.palette = (default_palette(self.num_classes) if palette is None
+                        else check_palette(palette, self.num_classes))
         self.resize = parse_resize(resize)
         self.name = name
         self._entries = list(entries)
@@ -126,6 +150,7 @@ class SegmentationSource:
                                  f"{entry.image_path}")
             seen[entry.id] = entry.image_path
         self.ids = [entry.id for entry in self._entries]
+        self.cache: ResizedCache | None = None  # see use_cache
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -147,9 +172,36 @@ class SegmentationSource:
                 if not os.path.isfile(path):
                     raise FileNotFoundError(f"{kind} file listed for {entry.id!r} not found: {path}")
 
+    def use_cache(self, folder: str | os.PathLike | None) -> None:
+        """Keep pairs that `resize` shrinks in `folder`, resized (see cache.py). At native size,
+        or for images the working size does not shrink, reads stay direct."""
+        self.cache = ResizedCache(folder, self.resize) if folder is not None and self.resize else None
+        self._shrinks: dict[int, bool] = {}
+
+    def _cached(self, i: int) -> bool:
+        """Whether read(i) goes through the cache: the working size shrinks image i (known from
+        its label PNG's header, looked at once per process; a non-PNG label is cached)."""
+        if self.cache is None:
+            return False
+        if i not in self._shrinks:
+            try:
+                size = png_size(self._entries[i].label_path)
+            except OSError:
+                return False  # unreadable: the direct read reports it, naming the file
+            h, w = self.resize
+            self._shrinks[i] = size is None or size[0] * size[1] > h * w
+        return self._shrinks[i]
+
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 RGB (H, W, 3), uint8 train-id label (H, W)) at the working resolution."""
+        """(uint8 RGB (H, W, 3), uint8 train-id label (H, W)) at the working resolution;
+        through the resized-image cache when `use_cache` set one (same arrays, bit for bit)."""
         entry = self._entries[i]
+        if self._cached(i):
+            return self.cache.read(entry.image_path, entry.label_path, entry.label_lut,
+                                   lambda: self._decode(entry))
+        return self._decode(entry)
+
+    def _decode(self, entry: SourceEntry) -> tuple[np.ndarray, np.ndarray]:
         img = read_rgb(entry.image_path)
         raw = read_label_png(entry.label_path)
         if img.shape[:2] != raw.shape:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from datasets import EvalTransform, SegmentationSource, StrongAug, WeakAug, build_source
 from datasets.synthetic import generate_synthetic
@@ -32,8 +32,12 @@ def prepare_data_root(cfg) -> None:
 
 
 def source(cfg, split: str) -> SegmentationSource:
-    kind = "camvid" if cfg.data.dataset == "synthetic" else cfg.data.dataset
-    return build_source(kind, cfg.data.root, split, resize=cfg.data.resize)
+    d = cfg.data
+    kind = "camvid" if d.dataset == "synthetic" else d.dataset
+    src = build_source(kind, d.root, split, resize=d.resize, classes=d.classes, ignore_index=d.ignore_index,
+                       label_map=d.label_map, palette=d.palette)
+    src.use_cache(d.cache_dir)  # resized pairs kept in data.cache_dir (only when data.resize is set)
+    return src
 
 
 def weak_aug(cfg) -> WeakAug:
@@ -110,10 +114,22 @@ def stream_loader(view, batch: int, seed: int, start_step: int, end_step: int, c
 
 def ordered_loader(dataset: Dataset, indices: list[int], batch: int, ctx: DistContext,
                    workers: int) -> DataLoader:
-    """Deterministic, unshuffled pass over `indices` (this rank's shard: the caller shards)."""
+    """Deterministic, unshuffled pass over `indices` (this rank's shard: the caller shards).
+    Each batch is a list of sub-batches of equal image size (see `collate_by_size`); uint8
+    tensors, pinned on CUDA so the copy to the device can be `non_blocking`."""
     subset = torch.utils.data.Subset(dataset, indices)
     return DataLoader(subset, batch_size=batch, shuffle=False, num_workers=workers,
-                      pin_memory=ctx.device.type == "cuda")
+                      collate_fn=collate_by_size, pin_memory=ctx.device.type == "cuda")
+
+
+def collate_by_size(samples: list[dict]) -> list[dict]:
+    """Samples -> one collated batch per distinct image size, in order of first appearance.
+    Datasets at native size (data.resize null) may mix sizes; those images cannot share a
+    tensor, so they are predicted in separate groups rather than refused."""
+    groups: dict[tuple, list[dict]] = {}
+    for sample in samples:
+        groups.setdefault(tuple(sample["image"].shape), []).append(sample)
+    return [default_collate(group) for group in groups.values()]
 
 
 def eval_transform() -> EvalTransform:

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from engine import distributed as dist_utils
 from engine.data import eval_transform, ordered_loader
-from engine.inference import predict_probs
+from engine.inference import config_settings, predict_loader
 
 IGNORE = 255
 
@@ -33,22 +32,21 @@ def miou_from_confusion(conf: np.ndarray) -> float:
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model, src, cfg, ctx, *, amp: str, desc: str = "eval") -> dict:
-    """mIoU and per-class IoU (percent) of `model` on every image of `src`."""
+    """mIoU and per-class IoU (percent) of `model` on every image of `src`, predicted as
+    eval.* says (mode, window, scales, flip), eval.batch_size images per batch."""
     from datasets import full_view
 
     model.eval()
     view = full_view(src, eval_transform())
     indices = dist_utils.shard(list(range(len(view))), ctx)
-    loader = ordered_loader(view, indices, cfg.eval.batch_size, ctx, workers=min(cfg.data.workers, 2))
+    loader = ordered_loader(view, indices, cfg.eval.batch_size, ctx, workers=cfg.data.workers)
+    settings = config_settings(cfg, scales=cfg.eval.scales, flip=cfg.eval.flip, amp=amp)
     conf = torch.zeros(src.num_classes, src.num_classes, dtype=torch.int64, device=ctx.device)
-    for batch in tqdm(loader, desc=desc, disable=not ctx.is_main, leave=False, dynamic_ncols=True):
-        images = batch["image"].to(ctx.device, non_blocking=True)
-        labels = batch["label"].to(ctx.device, non_blocking=True)
-        probs = predict_probs(model, images, num_classes=src.num_classes, flip=cfg.eval.flip,
-                              mode=cfg.eval.mode, window=cfg.eval.window, stride=cfg.eval.stride,
-                              amp=amp, channels_last=cfg.runtime.channels_last)
+    for group, probs in predict_loader(model, loader, ctx.device, src.num_classes, settings,
+                                       desc=desc, show=ctx.is_main):
+        labels = group["label"].to(ctx.device, non_blocking=True)
         conf += confusion_matrix(probs.argmax(1), labels, src.num_classes)
     dist_utils.all_reduce_sum(conf, ctx)
     conf = conf.cpu().numpy()

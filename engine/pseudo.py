@@ -2,6 +2,8 @@
   - pseudo labels: argmax where max softmax >= threshold, else 255, written as PNGs; and
   - region scores: mean per-pixel entropy per grid cell (for the next query).
 Each rank handles its shard of images; scores are gathered so every rank holds all of them.
+It lives in the engine (it needs the engine's loaders, inference and writers); `query/` keeps
+only the selection logic it calls (`query.scoring`).
 """
 from __future__ import annotations
 
@@ -9,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from datasets import full_view
 from engine import distributed as dist_utils
 from engine import faults
 from engine.data import eval_transform, ordered_loader
-from engine.inference import predict_probs
+from engine.inference import config_settings, predict_loader
 from engine.io import atomic_write_png
 from query.scoring import pixel_entropy, region_scores
 
@@ -32,10 +33,11 @@ def pseudo_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(conf >= threshold, pred, torch.full_like(pred, IGNORE)).to(torch.uint8)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def pseudo_label_pass(model, src, indices: list[int], cfg, ctx, *, amp: str, out_dir: Path,
                       grid=None, keep_entropy_for=()) -> dict:
-    """Predict `indices` of `src`; write `out_dir/<id>.png`; return gathered results.
+    """Predict `indices` of `src` (pseudo.scales / pseudo.flip, the eval window settings,
+    pseudo.batch_size images per batch); write `out_dir/<id>.png`; return gathered results.
 
     Returns {"scores": {index: (gh, gw) float32 array} (only with a grid),
              "entropy": {index: (H, W) float16 array} for indices in keep_entropy_for}.
@@ -43,18 +45,16 @@ def pseudo_label_pass(model, src, indices: list[int], cfg, ctx, *, amp: str, out
     model.eval()
     view = full_view(src, eval_transform())
     mine = dist_utils.shard(list(indices), ctx)
-    loader = ordered_loader(view, mine, cfg.eval.batch_size, ctx, workers=min(cfg.data.workers, 2))
+    loader = ordered_loader(view, mine, cfg.pseudo.batch_size, ctx, workers=cfg.data.workers)
+    settings = config_settings(cfg, scales=cfg.pseudo.scales, flip=cfg.pseudo.flip, amp=amp)
     scores, entropies = {}, {}
     keep = set(keep_entropy_for)
-    for batch in tqdm(loader, desc="pseudo-label", disable=not ctx.is_main, leave=False, dynamic_ncols=True):
-        images = batch["image"].to(ctx.device, non_blocking=True)
-        prob = predict_probs(model, images, num_classes=src.num_classes, scales=cfg.pseudo.scales,
-                             flip=cfg.pseudo.flip, mode=cfg.eval.mode, window=cfg.eval.window,
-                             stride=cfg.eval.stride, amp=amp, channels_last=cfg.runtime.channels_last)
+    for group, prob in predict_loader(model, loader, ctx.device, src.num_classes, settings,
+                                      desc="pseudo-label", show=ctx.is_main):
         labels = pseudo_labels(prob, cfg.pseudo.threshold).cpu().numpy()
         entropy = pixel_entropy(prob) if (grid is not None or keep) else None
         cell_scores = region_scores(entropy, grid).cpu().numpy() if grid is not None else None
-        for j, index in enumerate(batch["index"].tolist()):
+        for j, index in enumerate(group["index"].tolist()):
             atomic_write_png(pseudo_label_file(out_dir, src.ids[index]), labels[j])
             faults.reached("pseudo_png")
             if cell_scores is not None:
