@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from datasets import CAMVID_CLASSES, CITYSCAPES_CLASSES
+from datasets import dataset_classes
 from experiments.reproduce import TABLE_CONFIGS
 
 
@@ -29,8 +29,10 @@ def configs_and_overrides(parser: argparse.ArgumentParser, args) -> tuple[list[s
 # What nvidia-smi reports as total memory on a V100 16 GB, the card the paper trained on.
 V100_MIB = 16160
 
-# The synthetic scenes use CamVid's classes.
-NUM_CLASSES = {"camvid": len(CAMVID_CLASSES), "synthetic": len(CAMVID_CLASSES), "cityscapes": len(CITYSCAPES_CLASSES)}
+def num_classes(cfg) -> int:
+    """Classes of a config's data set, without indexing any file (folder configs name them)."""
+    kind = "camvid" if cfg.data.dataset == "synthetic" else cfg.data.dataset  # synthetic = CamVid's classes
+    return len(dataset_classes(kind, cfg.data.classes))
 
 
 def largest_stage(cfg):

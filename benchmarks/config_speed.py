@@ -24,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.config_args import (NUM_CLASSES, V100_MIB, add_config_arguments, configs_and_overrides,  # noqa: E402
+from benchmarks.config_args import (V100_MIB, add_config_arguments, configs_and_overrides,  # noqa: E402
                                     largest_stage)
+from benchmarks.config_args import num_classes as config_num_classes  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.distributed import resolve_device  # noqa: E402
-from engine.inference import resolve_amp  # noqa: E402
 from engine.optim import make_model, make_optimizer  # noqa: E402
-from engine.trainer import _step_loss  # noqa: E402
+from engine.precision import configure_backends, resolve_amp  # noqa: E402
+from engine.trainer import step_loss, to_device  # noqa: E402
 
 
 def peak_memory_mib(device) -> float:
@@ -40,7 +41,7 @@ def peak_memory_mib(device) -> float:
 
 
 def time_steps(cfg, stage, device, amp: str, steps: int, warmup: int) -> tuple[float, float]:
-    num_classes = NUM_CLASSES[cfg.data.dataset]
+    num_classes = config_num_classes(cfg)
     model = make_model(cfg, num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none").to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -50,10 +51,13 @@ def time_steps(cfg, stage, device, amp: str, steps: int, warmup: int) -> tuple[f
     generator = torch.Generator(device=device).manual_seed(0)
     h, w = cfg.data.crop_size
 
-    def batch(n):
+    def batch(n):  # what a loader yields: uint8 images and labels (pinned on CUDA)
         if n == 0:
             return None
-        return {"image": torch.randn(n, 3, h, w), "label": torch.randint(0, num_classes, (n, h, w))}
+        pin = device.type == "cuda"
+        return {"image": torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8).pin_memory() if pin else
+                torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8),
+                "label": torch.randint(0, num_classes, (n, h, w), dtype=torch.uint8)}
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -62,8 +66,10 @@ def time_steps(cfg, stage, device, amp: str, steps: int, warmup: int) -> tuple[f
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-        loss, _ = _step_loss(model, batch(stage.batch_labeled), batch(stage.batch_unlabeled), stage, cfg,
-                             device, amp, cfg.runtime.channels_last, generator)
+        images, labels = to_device(batch(stage.batch_labeled), batch(stage.batch_unlabeled), device,
+                                   cfg.runtime.channels_last)
+        loss, _ = step_loss(model, images, labels, stage.batch_labeled, reco=stage.reco, loss_cfg=cfg.loss,
+                            amp=amp, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -84,10 +90,12 @@ def main() -> None:
         cfg = load_config(name, overrides)
         device = resolve_device(cfg.runtime.device)
         stage_name, stage = largest_stage(cfg)
-        amp = resolve_amp(cfg.runtime.amp, device)
+        amp, amp_reason = resolve_amp(cfg.runtime.amp, device)
+        configure_backends(device, cfg.deterministic)  # cuDNN autotuning / TF32 as in a run
         images = stage.batch_labeled + stage.batch_unlabeled
         print(f"{cfg.name}: stage {stage_name}, batch {stage.batch_labeled}+{stage.batch_unlabeled} per GPU, "
-              f"crop {cfg.data.crop_size}, {cfg.model.backbone} OS{cfg.model.output_stride}, device {device}",
+              f"crop {cfg.data.crop_size}, {cfg.model.backbone} OS{cfg.model.output_stride}, device {device}; "
+              f"amp {amp_reason}",
               flush=True)
         results = {}
         for mode in dict.fromkeys([amp, "none"]):

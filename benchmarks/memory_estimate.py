@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.config_args import (NUM_CLASSES, V100_MIB, add_config_arguments, configs_and_overrides,  # noqa: E402
+from benchmarks.config_args import (V100_MIB, add_config_arguments, configs_and_overrides,  # noqa: E402
                                     largest_stage)
+from benchmarks.config_args import num_classes as config_num_classes  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.optim import make_model, make_optimizer  # noqa: E402
 from losses.ce import masked_cross_entropy  # noqa: E402
@@ -55,7 +56,7 @@ class StepRunner:
 
     def __init__(self, cfg):
         _, self.stage = largest_stage(cfg)
-        self.num_classes = NUM_CLASSES[cfg.data.dataset]
+        self.num_classes = config_num_classes(cfg)
         self.shape = (self.stage.batch_labeled + self.stage.batch_unlabeled, *cfg.data.crop_size)
         self.model = make_model(cfg, self.num_classes, rep_head=self.stage.reco, noise=self.stage.noise,
                                 pretrained="none")
@@ -67,7 +68,7 @@ class StepRunner:
         images, labels = torch.randn(n, 3, h, w), torch.randint(0, self.num_classes, (n, h, w))
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             if self.stage.reco:
-                logits, rep = self.model(images, return_rep=True)
+                logits, rep, _ = self.model(images, return_rep=True)
             else:
                 logits, rep = self.model(images), None
         loss = masked_cross_entropy(logits, labels)

@@ -55,12 +55,12 @@ def make_step(variant, device, channels_last, autocast_dtype):
             if variant == "bare":
                 logits = model(image)
             else:
-                logits, rep = model(image, return_rep=True)
+                logits, rep, coarse = model(image, return_rep=True)
             loss = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX)
         if variant == "full":
-            # ReCo wants class probabilities at representation resolution.
-            small = F.interpolate(logits.detach().float(), size=rep.shape[-2:], mode="bilinear", align_corners=False)
-            loss = loss + reco_loss(rep, label, torch.softmax(small, 1), NUM_CLASSES, generator=generator)
+            # ReCo wants class probabilities at representation resolution (the classifier's stride-4 output).
+            loss = loss + reco_loss(rep, label, torch.softmax(coarse.detach().float(), 1), NUM_CLASSES,
+                                    generator=generator)
         loss.backward()
         optimizer.step()
 

@@ -22,28 +22,36 @@ from .classes import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_MEAN_255 = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
-_INV_STD_255 = 1.0 / (np.array(IMAGENET_STD, dtype=np.float32) * 255.0)
-_MEAN_255_T = torch.from_numpy(_MEAN_255).view(3, 1, 1)
-_INV_STD_255_T = torch.from_numpy(_INV_STD_255).view(3, 1, 1)
+_MEAN_255 = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+_INV_STD_255 = 1.0 / (torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL/torchvision
 
 
 def to_tensors(img: np.ndarray, lab: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (H, W, 3) RGB + uint8 (H, W) -> normalised float32 (3, H, W) + int64 (H, W)."""
-    # Channel-wise torch ops on a (3, H, W) tensor: ~15x faster than numpy broadcasting
-    # over the short last axis of (H, W, 3).
-    image = torch.empty((3, *img.shape[:2]), dtype=torch.float32)
-    image.copy_(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
-    image.sub_(_MEAN_255_T).mul_(_INV_STD_255_T)
-    label = torch.from_numpy(lab.astype(np.int64))
+    """uint8 (H, W, 3) RGB + uint8 (H, W) -> uint8 (3, H, W) + uint8 (H, W) tensors.
+
+    Samples stay uint8 until they reach the device: a batch then crosses the host-device link
+    at a quarter (images) and an eighth (labels) of the float32/int64 size, and normalisation
+    runs on the device (`normalize_images`), not in the loader workers.
+    """
+    image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+    label = torch.from_numpy(np.ascontiguousarray(lab, dtype=np.uint8))
     return image, label
 
 
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """Inverse of `to_tensors` for the image: (3, H, W) float -> uint8 (H, W, 3) (for display)."""
-    arr = image.detach().cpu().numpy().transpose(1, 2, 0) / _INV_STD_255 + _MEAN_255
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) RGB on any device -> float32 ImageNet-normalised, on the same device."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"normalize_images: expected uint8 (N, 3, H, W), got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    mean = _MEAN_255.to(images.device)
+    inv_std = _INV_STD_255.to(images.device)
+    return (images.float() - mean) * inv_std
+
+
+def image_to_hwc(image: torch.Tensor) -> np.ndarray:
+    """A sample's uint8 (3, H, W) image tensor -> uint8 (H, W, 3) array (for display)."""
+    return image.detach().cpu().permute(1, 2, 0).numpy()
 
 
 def _pair(value, name: str) -> tuple:
@@ -59,7 +67,7 @@ def _probability(value, name: str) -> float:
 
 
 class EvalTransform:
-    """Normalisation only: the source already delivers the evaluation resolution."""
+    """No change: the source already delivers the evaluation resolution (tensors only)."""
 
     def apply(self, img, lab, rng=None):
         return img, lab

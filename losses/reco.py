@@ -140,6 +140,10 @@ def _negative_class_prob(class_mean: torch.Tensor, present: torch.Tensor, temper
     num_classes = class_mean.shape[0]
     mean_unit = F.normalize(class_mean, dim=1)
     similarity = (mean_unit @ mean_unit.T) / temperature
+    # A diverged model has NaN representations: sample as if all similarities were equal rather
+    # than crash in `multinomial`. The loss itself stays non-finite (the queries carry the NaN), so
+    # the trainer still reports the step; hiding nothing, this only keeps sampling from failing first.
+    similarity = torch.where(torch.isnan(similarity), torch.zeros_like(similarity), similarity)
     eye = torch.eye(num_classes, dtype=torch.bool, device=class_mean.device)
     similarity = similarity.masked_fill(eye | ~present[None, :], float("-inf"))
     similarity = torch.where(usable[:, None], similarity, torch.zeros_like(similarity))

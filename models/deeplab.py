@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -9,6 +11,13 @@ import torch.nn.functional as F
 from .backbones import build_backbone
 from .heads import ASPP, ASPP_RATES, DECODER_CHANNELS, FUSED_CHANNELS, Decoder, RepresentationHead, init_head_weights
 from .pretrained import init_backbone
+
+
+class SegmentationOutput(NamedTuple):
+    """What a training forward pass returns when the representation is asked for."""
+    logits: torch.Tensor         # (N, C, H, W) at the input size: for the cross-entropy
+    rep: torch.Tensor            # (N, rep_dim, h, w) at stride 4: for ReCo
+    coarse_logits: torch.Tensor  # (N, C, h, w) at stride 4, before upsampling: ReCo's hard-pixel test
 
 
 class DeepLabV3Plus(nn.Module):
@@ -35,14 +44,18 @@ class DeepLabV3Plus(nn.Module):
             init_head_weights(self.representation_head)
 
     def forward(self, x: torch.Tensor, return_rep: bool = False):
-        """Logits (N, C, H, W) at input size; with return_rep also rep (N, rep_dim, h, w) at stride 4."""
+        """Logits (N, C, H, W) at input size; with return_rep a `SegmentationOutput` that also holds
+        rep and the classifier's logits before upsampling, both at stride 4. ReCo picks its hard
+        queries from the softmax of those coarse logits, as the original ReCo code does
+        (resizing the full-resolution logits back down would blur which pixels count as hard)."""
         if return_rep and self.representation_head is None:
             raise ValueError("return_rep=True needs a model built with rep_head=True")
         low_level, high_level = self.backbone(x)
         decoded, fused = self.decoder(low_level, self.aspp(high_level))
-        logits = F.interpolate(self.classifier(decoded), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        coarse = self.classifier(decoded)
+        logits = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
         if return_rep:
-            return logits, self.representation_head(fused)
+            return SegmentationOutput(logits, self.representation_head(fused), coarse)
         return logits
 
 

@@ -242,3 +242,13 @@ def test_loss_value_for_uniform_similarities():
     prob = torch.full((1, 3, 3, 3), 1 / 3)
     loss = reco_loss(rep, label, prob, num_classes=3, num_queries=4, num_negatives=9)
     assert loss.item() == pytest.approx(math.log(10), abs=1e-5)
+
+
+def test_a_diverged_representation_gives_a_nonfinite_loss_not_a_crash():
+    """NaN representations (a diverged model) must surface as a non-finite loss, which the trainer
+    reports with its step, not as an error inside the negative-class sampling."""
+    rep, label, prob = _problem()
+    rep = rep.clone()
+    rep[1] = float("nan")  # every pixel of the second image
+    loss = reco_loss(rep, label, prob, num_classes=C, generator=torch.Generator().manual_seed(0))
+    assert not torch.isfinite(loss)

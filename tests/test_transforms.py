@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets import EvalTransform, StrongAug, WeakAug
-from datasets.transforms import denormalize, to_tensors
+from datasets.transforms import image_to_hwc, normalize_images, to_tensors
 
 # A distinct colour per class (none is black, so padding/cutout zeros are recognisable).
 PALETTE = np.array([[40 + 19 * c, 250 - 17 * c, 30 + (c * 53) % 200] for c in range(11)], np.uint8)
@@ -31,17 +31,21 @@ def near_boundary(lab: np.ndarray) -> np.ndarray:
     return diff
 
 
-def test_eval_transform_normalises_only():
+def test_eval_transform_keeps_uint8_and_device_normalisation_is_imagenet():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
     lab = rng.integers(0, 11, (9, 13), dtype=np.uint8)
     image, label = EvalTransform()(img, lab, None)
+    assert image.dtype == torch.uint8 and label.dtype == torch.uint8  # 4x / 8x less to copy to the device
+    np.testing.assert_array_equal(image.numpy(), img.transpose(2, 0, 1))
+    assert torch.equal(label, torch.from_numpy(lab))
+    np.testing.assert_array_equal(image_to_hwc(image), img)
     mean = np.array([0.485, 0.456, 0.406])
     std = np.array([0.229, 0.224, 0.225])
     want = ((img / 255.0 - mean) / std).transpose(2, 0, 1)
-    np.testing.assert_allclose(image.numpy(), want, atol=1e-5)
-    assert label.dtype == torch.int64 and torch.equal(label, torch.from_numpy(lab.astype(np.int64)))
-    np.testing.assert_array_equal(denormalize(image), img)
+    np.testing.assert_allclose(normalize_images(image[None])[0].numpy(), want, atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_images(image[None].float())
 
 
 def test_weak_crop_and_flip_keep_alignment_exactly():
@@ -109,8 +113,8 @@ def test_labels_never_interpolated(aug):
     img = rng.integers(1, 256, (48, 64, 3), dtype=np.uint8)
     for seed in range(20):
         image, label = aug(img, lab, np.random.default_rng(seed))
-        assert image.shape == (3, 30, 30) and image.dtype == torch.float32
-        assert label.shape == (30, 30) and label.dtype == torch.int64
+        assert image.shape == (3, 30, 30) and image.dtype == torch.uint8
+        assert label.shape == (30, 30) and label.dtype == torch.uint8
         assert set(label.unique().tolist()) <= {0, 3, 7, 10, 255}
 
 
