@@ -1,9 +1,10 @@
 """A training view over a source: which images, what target each one has, which transform.
 
-The active-learning label pool plugs in through `ViewItem`: per image, the ground-truth regions
-revealed so far (None, "all", or a boolean grid of cells) and an optional pseudo-label PNG. The
-target is built as: everything 255; pseudo labels where the PNG is confident; ground truth
-wherever revealed (ground truth always wins over pseudo labels).
+The active-learning label pool plugs in through `ViewItem`: per image, the regions revealed so
+far (None, "all", or a boolean grid of cells), an optional pseudo-label PNG and, for regions a
+human annotator labeled, an optional human-label PNG. The target is built as: everything 255;
+pseudo labels where the PNG is confident; the revealed labels wherever revealed (they always win
+over pseudo labels): the human-label PNG's when the item has one, else the dataset's ground truth.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class ViewItem:
     index: int                      # index into the source
     revealed: Revealed              # None | "all" | bool array (gh, gw) of revealed grid cells
     pseudo_path: str | None = None  # PNG of pseudo labels (255 = not confident), or None
+    human_path: str | None = None   # PNG of class ids an annotator gave the revealed cells, or None
     # revealed=None with no pseudo_path is allowed: an all-255 target, e.g. for predicting the
     # unlabeled pool.
 
@@ -59,8 +61,8 @@ class SegmentationView(torch.utils.data.Dataset):
             raise ValueError(f"region_size must be (rows, cols) > 0, got {region_size!r}")
         self.region_size = (int(region_size[0]), int(region_size[1]))
         self.epoch_seed = 0
-        # Pseudo labels are written as train ids by the engine: 0..C-1 or 255.
-        self._pseudo_lut = identity_lut(source.num_classes)
+        # Pseudo and human labels are stored as train ids by the engine: 0..C-1 or 255.
+        self._ids_lut = identity_lut(source.num_classes)
         for item in self.items:
             self._check_item(item)
 
@@ -71,6 +73,10 @@ class SegmentationView(torch.utils.data.Dataset):
         if not (revealed is None or (isinstance(revealed, str) and revealed == "all")
                 or isinstance(revealed, np.ndarray)):
             raise ValueError(f"ViewItem.revealed must be None, 'all' or a bool cell array, got "
+                             f"{revealed!r} for image {self.source.ids[item.index]!r}")
+        if item.human_path is not None and not isinstance(revealed, np.ndarray):
+            # "all" means the dataset's labels; a human-label PNG only covers revealed cells.
+            raise ValueError(f"ViewItem.human_path needs a bool cell array in `revealed`, got "
                              f"{revealed!r} for image {self.source.ids[item.index]!r}")
 
     def set_epoch_seed(self, seed: int) -> None:
@@ -87,21 +93,23 @@ class SegmentationView(torch.utils.data.Dataset):
         img, gt = self.source.read(item.index)
         target = np.full(gt.shape, IGNORE_INDEX, dtype=np.uint8)
         if item.pseudo_path is not None:
-            target = self._read_pseudo(item.pseudo_path, gt.shape)
+            target = self._read_ids(item.pseudo_path, gt.shape, "pseudo-label")
         if isinstance(item.revealed, str):  # "all"
             target = gt
         elif item.revealed is not None:
             mask = expand_cells(item.revealed, gt.shape, self.region_size,
                                 self.source.ids[item.index])
-            target[mask] = gt[mask]
+            revealed = gt if item.human_path is None else self._read_ids(item.human_path, gt.shape, "human-label")
+            target[mask] = revealed[mask]
         return img, target
 
-    def _read_pseudo(self, path: str, shape: tuple[int, int]) -> np.ndarray:
-        pseudo = read_label_png(os.fspath(path))
-        if pseudo.shape != shape:
-            raise ValueError(f"pseudo-label PNG is {pseudo.shape[0]}x{pseudo.shape[1]}, the image "
+    def _read_ids(self, path: str, shape: tuple[int, int], what: str) -> np.ndarray:
+        """A PNG of train ids (0..C-1, 255) written by the engine, checked against the image."""
+        ids = read_label_png(os.fspath(path))
+        if ids.shape != shape:
+            raise ValueError(f"{what} PNG is {ids.shape[0]}x{ids.shape[1]}, the image "
                              f"is {shape[0]}x{shape[1]}: {path}")
-        return map_label(pseudo, self._pseudo_lut, os.fspath(path), self.source.num_classes)
+        return map_label(ids, self._ids_lut, os.fspath(path), self.source.num_classes)
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self.items):

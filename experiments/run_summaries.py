@@ -101,6 +101,16 @@ def _require(mapping, key, where, types):
     return value
 
 
+# What a query stage revealed and what the pool held after it: {class name or "void": pixels}.
+CLASS_PIXEL_KEYS = ("queried_class_pixels", "pool_class_pixels")
+
+
+def _check_class_pixels(counts, where):
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{where}: '{name}' must be a pixel count (int >= 0), got {value!r}")
+
+
 def read_summary(path):
     """Parse and validate one summary.json into a Run (errors name the file and the key)."""
     path = Path(path)
@@ -125,6 +135,9 @@ def read_summary(path):
         _require(stage, "per_class_iou", where, (dict,))
         for key in ("epochs", "labeled_pixel_pct", "miou", "wall_time_s"):
             _require(stage, key, where, number)
+        for key in CLASS_PIXEL_KEYS:  # optional: query stages of runs that record them
+            if key in stage:
+                _check_class_pixels(_require(stage, key, where, (dict,)), f"{where}: {key}")
     if finished and not stages:
         raise ValueError(f"{path}: finished run with no stages")
     # Optional: lets an unfinished run read "stage k/n" instead of "stage k/?".

@@ -50,33 +50,26 @@ def region_scores(entropy: torch.Tensor, grid: RegionGrid) -> torch.Tensor:
     return sums / areas
 
 
-def cell_void_fraction(void_mask, grid: RegionGrid) -> np.ndarray:
-    """Fraction of void pixels per cell: bool (N, H, W) -> float64 (N, gh, gw)."""
-    if isinstance(void_mask, torch.Tensor):
-        void_mask = void_mask.detach().cpu().numpy()
-    void_mask = np.asarray(void_mask)
-    if void_mask.dtype != bool or void_mask.ndim != 3:
-        raise ValueError(f"cell_void_fraction: expected a bool (N, H, W) mask, got dtype "
-                         f"{void_mask.dtype} shape {void_mask.shape}")
-    return grid.cell_sums(void_mask) / grid.cell_areas
+def eligible_cells(pool_cells, scored_images=None) -> np.ndarray:
+    """Cells that may be queried: not labeled yet (in an image the model scored, when
+    ``scored_images`` (N,) bool is given).
 
-
-def eligible_cells(pool_cells, void_fraction, max_void_fraction: float = 0.5) -> np.ndarray:
-    """Cells that may be queried: not labeled yet and at most ``max_void_fraction`` void."""
+    Deliberately nothing else: a real query step knows the model's predictions and which cells
+    are already labeled, never the labels of unlabeled images (so void-heavy cells are not
+    filtered out; revealing one still costs its full area, as in the paper's accounting).
+    """
     pool_cells = _to_numpy(pool_cells)
-    void_fraction = _to_numpy(void_fraction).astype(np.float64)
     if pool_cells.dtype != bool or pool_cells.ndim != 3:
         raise ValueError(f"eligible_cells: pool_cells must be bool (N, gh, gw), got dtype "
                          f"{pool_cells.dtype} shape {pool_cells.shape}")
-    if void_fraction.shape != pool_cells.shape:
-        raise ValueError(f"eligible_cells: void_fraction has shape {void_fraction.shape}, "
-                         f"pool_cells {pool_cells.shape}")
-    if not np.all((void_fraction >= 0.0) & (void_fraction <= 1.0)):  # NaN fails both tests
-        raise ValueError("eligible_cells: void_fraction must lie in [0, 1] (no NaN)")
-    if not 0.0 <= max_void_fraction <= 1.0:
-        raise ValueError(f"eligible_cells: max_void_fraction must be in [0, 1], "
-                         f"got {max_void_fraction!r}")
-    return ~pool_cells & (void_fraction <= max_void_fraction)
+    eligible = ~pool_cells
+    if scored_images is not None:
+        scored_images = _to_numpy(scored_images)
+        if scored_images.dtype != bool or scored_images.shape != pool_cells.shape[:1]:
+            raise ValueError(f"eligible_cells: scored_images must be bool ({pool_cells.shape[0]},), "
+                             f"got dtype {scored_images.dtype} shape {scored_images.shape}")
+        eligible &= scored_images[:, None, None]
+    return eligible
 
 
 def select_topk_per_image(scores, eligible, k: int) -> np.ndarray:

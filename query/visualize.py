@@ -4,6 +4,8 @@ Panel layout (RGB, uint8, H x 2W): left the image with previously labeled cells 
 newly queried cells outlined in magenta; right the entropy map (JET colour map) with the same
 outlines. Magenta and green are the same in RGB and BGR order, so the panel reads correctly even if
 a caller writes it with cv2 without converting; JET contains no magenta, so outlines stay visible.
+`annotation_preview` is the left half with everything outside the new cells dimmed: what a human
+annotator is asked to label.
 """
 from __future__ import annotations
 
@@ -55,22 +57,7 @@ def query_panel(image: np.ndarray, entropy, grid: RegionGrid, labeled_cells: np.
                          f"({grid.height}, {grid.width})")
     if not np.isfinite(entropy).all():
         raise ValueError("query_panel: entropy contains NaN or inf")
-    for name, cells in (("labeled_cells", labeled_cells), ("new_cells", new_cells)):
-        cells = np.asarray(cells)
-        if cells.dtype != bool or cells.shape != grid.shape:
-            raise ValueError(f"query_panel: {name} must be bool {grid.shape}, got dtype "
-                             f"{cells.dtype} shape {cells.shape}")
-    labeled_cells = np.asarray(labeled_cells)
-    new_cells = np.asarray(new_cells)
-    if (labeled_cells & new_cells).any():
-        raise ValueError("query_panel: a newly queried cell is also marked as previously labeled; "
-                         "pass the labeled cells from before the query")
-
-    left = image.astype(np.float32)
-    tint = grid.expand(labeled_cells)
-    left[tint] = ((1.0 - LABELED_TINT_ALPHA) * left[tint]
-                  + LABELED_TINT_ALPHA * np.asarray(LABELED_TINT_COLOR, dtype=np.float32))
-    left = np.clip(np.rint(left), 0, 255).astype(np.uint8)
+    left = region_overlay(image, grid, labeled_cells, new_cells, thickness)
 
     scale = float(entropy.max()) if entropy_max is None else float(entropy_max)
     if scale < 0:
@@ -79,7 +66,41 @@ def query_panel(image: np.ndarray, entropy, grid: RegionGrid, labeled_cells: np.
     gray = np.clip(np.rint(normalised * 255.0), 0, 255).astype(np.uint8)
     right = cv2.cvtColor(cv2.applyColorMap(gray, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
 
-    outline = grid.expand(new_cells) & cell_border_mask(grid, thickness)
-    left[outline] = OUTLINE_COLOR
-    right[outline] = OUTLINE_COLOR
+    right[grid.expand(new_cells) & cell_border_mask(grid, thickness)] = OUTLINE_COLOR
     return np.concatenate([left, right], axis=1)
+
+
+def region_overlay(image: np.ndarray, grid: RegionGrid, labeled_cells: np.ndarray,
+                   new_cells: np.ndarray, thickness: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8: the image, previously labeled cells tinted green, new cells outlined in
+    magenta (the left half of `query_panel`)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.shape != (grid.height, grid.width, 3):
+        raise ValueError(f"region_overlay: image must be uint8 ({grid.height}, {grid.width}, 3), "
+                         f"got dtype {image.dtype} shape {image.shape}")
+    for name, cells in (("labeled_cells", labeled_cells), ("new_cells", new_cells)):
+        cells = np.asarray(cells)
+        if cells.dtype != bool or cells.shape != grid.shape:
+            raise ValueError(f"region_overlay: {name} must be bool {grid.shape}, got dtype "
+                             f"{cells.dtype} shape {cells.shape}")
+    labeled_cells, new_cells = np.asarray(labeled_cells), np.asarray(new_cells)
+    if (labeled_cells & new_cells).any():
+        raise ValueError("region_overlay: a newly queried cell is also marked as previously labeled; "
+                         "pass the labeled cells from before the query")
+    out = image.astype(np.float32)
+    tint = grid.expand(labeled_cells)
+    out[tint] = ((1.0 - LABELED_TINT_ALPHA) * out[tint]
+                 + LABELED_TINT_ALPHA * np.asarray(LABELED_TINT_COLOR, dtype=np.float32))
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out[grid.expand(new_cells) & cell_border_mask(grid, thickness)] = OUTLINE_COLOR
+    return out
+
+
+def annotation_preview(image: np.ndarray, grid: RegionGrid, labeled_cells: np.ndarray,
+                       new_cells: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8 for a human annotator: `region_overlay` with every pixel outside the new
+    cells at half brightness, so the regions to label stand out."""
+    out = region_overlay(image, grid, labeled_cells, new_cells, thickness)
+    outside = ~grid.expand(np.asarray(new_cells))
+    out[outside] = out[outside] // 2
+    return out

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from query.pool import RegionGrid
-from query.scoring import (cell_void_fraction, eligible_cells, pixel_entropy, region_scores,
-                           select_random, select_topk_global, select_topk_per_image)
+from query.scoring import (eligible_cells, pixel_entropy, region_scores, select_random,
+                           select_topk_global, select_topk_per_image)
 
 H, W, R = 50, 70, 16  # uneven: 4 x 5 cells, last row 2 px tall, last column 6 px wide
 
@@ -50,22 +50,21 @@ def test_region_scores_match_per_cell_mean_loop_on_uneven_grid():
     torch.testing.assert_close(constant, torch.full((1, 4, 5), 0.7))
 
 
-def test_cell_void_fraction_and_eligibility():
-    grid = make_grid()
-    void = np.zeros((1, H, W), dtype=bool)
-    void[0, :16, :8] = True       # cell (0, 0): exactly half void -> still eligible
-    void[0, :16, 16:25] = True    # cell (0, 1): 9/16 void -> excluded
-    void[0, 48:50, 64:70] = True  # corner cell (3, 4): all of its 12 pixels void -> excluded
-    fraction = cell_void_fraction(void, grid)
-    assert fraction[0, 0, 0] == 0.5 and fraction[0, 0, 1] == 9 / 16 and fraction[0, 3, 4] == 1.0
-    labeled = np.zeros((1, 4, 5), dtype=bool)
-    labeled[0, 2, 2] = True
-    eligible = eligible_cells(labeled, fraction, max_void_fraction=0.5)
-    expected = np.ones((1, 4, 5), dtype=bool)
-    expected[0, 0, 1] = expected[0, 3, 4] = expected[0, 2, 2] = False
-    np.testing.assert_array_equal(eligible, expected)
-    with pytest.raises(ValueError, match="void_fraction"):
-        eligible_cells(labeled, np.full((1, 4, 5), np.nan))
+def test_eligible_cells_are_the_unlabeled_cells_of_scored_images_only():
+    # Nothing about labels: a query step never sees the ground truth of unlabeled images.
+    labeled = np.zeros((3, 2, 3), dtype=bool)
+    labeled[0, 0, 1] = labeled[0, 1, 2] = True
+    labeled[2] = True                                   # a fully labeled image
+    scored = np.array([True, False, True])              # image 1 was not scored
+    expected = np.array([[[True, False, True], [True, True, False]],
+                         [[False, False, False], [False, False, False]],
+                         [[False, False, False], [False, False, False]]])
+    np.testing.assert_array_equal(eligible_cells(labeled, scored), expected)
+    np.testing.assert_array_equal(eligible_cells(torch.from_numpy(labeled)), ~labeled)
+    with pytest.raises(ValueError, match="scored_images"):
+        eligible_cells(labeled, np.ones(2, dtype=bool))
+    with pytest.raises(ValueError, match="pool_cells"):
+        eligible_cells(labeled.astype(np.uint8))
 
 
 def test_topk_per_image_on_hand_built_scores():

@@ -1,0 +1,181 @@
+"""Where the labels of revealed regions come from, and what they hold.
+
+`query.oracle: ground_truth` (the paper's simulation): revealed cells take the dataset's labels.
+`query.oracle: human`: once a query stage has selected its regions it writes an annotation task
+(`annotate/`, see query/annotate.py) and the run stops with exit code 0; the same command run
+again checks every label file the annotator wrote (a bad one: one `error:` line, exit code 2,
+nothing changed), stores them in the stage folder (`human_labels/`) and the stage goes on. From
+then on, every training view reads those cells from the newest human-label PNG of the image.
+
+`view_items` says, per image, which training view it joins and where its revealed labels come
+from; `class_pixels` counts per class what a query revealed and what the pool holds after it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from datasets import SegmentationView, ViewItem
+from datasets.classes import IGNORE_INDEX
+from datasets.source import read_label_png
+from engine import distributed as dist_utils
+from engine.run import RunInputError
+from query import annotate
+from query.pool import LabelPool
+from engine.pseudo import pseudo_label_file
+from query.visualize import annotation_preview
+
+HUMAN_LABELS = "human_labels"
+ANNOTATE = "annotate"
+VOID = "void"  # key of the void / ignored pixels in class-pixel counts
+
+
+# ----------------------------------------------------------------------------- training views
+def view_items(pool: LabelPool, ids: list[str], pseudo_dir: Path | None,
+               human_paths: dict[int, str]) -> tuple[list[ViewItem], list[ViewItem]]:
+    """(labeled items, pseudo items) of the training views.
+
+    Labeled view (weak aug): every image whose cells are all labeled, plus — when there are no
+    pseudo labels — the revealed cells of partially labeled ones. Pseudo view (strong aug): every
+    other image, with its revealed cells and the teacher's confident labels elsewhere. Revealed
+    cells read the image's human-label PNG when it has one (even when every cell is revealed:
+    "all" would mean the dataset's labels), else the dataset's labels."""
+    labeled, pseudo = [], []
+    for i in range(len(pool)):
+        cells, human = pool.cells[i], human_paths.get(i)
+        if cells.all() and human is None:
+            labeled.append(ViewItem(i, "all"))
+        elif pseudo_dir is None or cells.all():
+            if cells.any():
+                labeled.append(ViewItem(i, cells.copy(), None, human))
+        else:
+            path = str(pseudo_label_file(pseudo_dir, ids[i]))
+            pseudo.append(ViewItem(i, cells.copy() if cells.any() else None, path, human))
+    return labeled, pseudo
+
+
+def human_label_paths(stage_dirs: list[Path], ids: list[str]) -> dict[int, str]:
+    """{image index: newest human-label PNG} over `stage_dirs` (in stage order)."""
+    index = {annotate.file_name(image_id): i for i, image_id in enumerate(ids)}
+    found: dict[int, str] = {}
+    for stage_dir in stage_dirs:
+        folder = Path(stage_dir) / HUMAN_LABELS
+        for png in sorted(folder.glob("*.png")) if folder.is_dir() else ():
+            if png.name not in index:
+                raise RunInputError(f"{png}: human labels of an image that is not in the training pool")
+            found[index[png.name]] = str(png)  # a later stage's file holds every earlier label too
+    return found
+
+
+# ----------------------------------------------------------------------------- human annotator
+def reveal_by_human(*, stage_dir: Path, stage: str, earlier_dirs: list[Path], src, pool: LabelPool,
+                    new: np.ndarray, ctx, logger) -> None:
+    """Return once this stage's human labels are imported (importing them if the annotator's files
+    are all there and valid). Otherwise: write the annotation task and stop the process (exit 0),
+    or raise RunInputError naming a bad file (nothing written)."""
+    done = stage_dir / HUMAN_LABELS
+    if done.is_dir():
+        _check_selection(done / annotate.SELECTION, src.ids, new, RunInputError)
+        return
+    manifest = stage_dir / ANNOTATE / annotate.MANIFEST
+    if not manifest.is_file():
+        if ctx.is_main:
+            _write_task(stage_dir / ANNOTATE, stage, src, pool, new)
+        _stop_for_annotations(manifest, stage, new, src.num_classes, ctx, logger)
+    error = None
+    if ctx.is_main:  # one reader decides; every rank gets the same verdict
+        try:
+            labels = _read_labels(stage_dir, earlier_dirs, src, pool, new)
+        except annotate.AnnotationError as err:
+            error = str(err)
+        else:
+            annotate.write_label_folder(done, labels, stage_dir / ANNOTATE / annotate.SELECTION)
+    error = dist_utils.broadcast_object(error, ctx)
+    if error is not None:
+        raise RunInputError(error)
+    dist_utils.barrier(ctx)
+    logger.log(f"[{stage}] imported human labels of {int(new.any(axis=(1, 2)).sum())} images from {manifest}")
+
+
+def _write_task(folder: Path, stage: str, src, pool: LabelPool, new: np.ndarray) -> None:
+    tasks = []
+    for i in np.flatnonzero(new.any(axis=(1, 2))):
+        image, _ = src.read(i)
+        # The annotator labels the image the model saw: the file itself, or a copy at the
+        # working resolution when the run resizes (data.resize).
+        path = os.path.abspath(src.image_path(i)) if src.resize is None else None
+        tasks.append(annotate.Task(id=src.ids[i], image_path=path, image=image, regions=pool.grid.expand(new[i]),
+                                   preview=annotation_preview(image, pool.grid, pool.cells[i], new[i])))
+    annotate.write_task(folder, stage, list(src.classes), tasks, src.ids, new)
+
+
+def _stop_for_annotations(manifest: Path, stage: str, new: np.ndarray, num_classes: int, ctx, logger) -> None:
+    dist_utils.barrier(ctx)
+    logger.log(
+        f"[{stage}] {int(new.sum())} regions of {int(new.any(axis=(1, 2)).sum())} images await a human annotator "
+        f"(query.oracle=human).\n"
+        f"  manifest: {manifest.resolve()}\n"
+        f"  For every item, write a single-channel 8-bit PNG of class ids (0..{num_classes - 1}, "
+        f"{IGNORE_INDEX} = void) at the image's size to its `label` path;\n"
+        f"  only pixels inside its `regions` mask are read (`preview/` shows them over the image).\n"
+        f"  Then run the same command again: the labels are checked, imported, and the run continues.")
+    logger.close()
+    dist_utils.cleanup()
+    raise SystemExit(0)
+
+
+def _check_selection(path: Path, ids: list[str], new: np.ndarray, error) -> None:
+    saved_ids, saved = annotate.read_selection(path)
+    if saved_ids != list(ids) or saved.shape != new.shape or not np.array_equal(saved, new):
+        raise error(f"{path}: the regions selected now differ from those the annotation was made for "
+                    f"(were the scores recomputed?); delete {path.parent} and run the same command again")
+
+
+def _read_labels(stage_dir: Path, earlier_dirs: list[Path], src, pool: LabelPool,
+                 new: np.ndarray) -> dict[str, np.ndarray]:
+    """Every image's cumulative human labels after this stage, all files checked first."""
+    folder = stage_dir / ANNOTATE
+    _check_selection(folder / annotate.SELECTION, src.ids, new, annotate.AnnotationError)
+    chosen = np.flatnonzero(new.any(axis=(1, 2)))
+    regions = {src.ids[i]: pool.grid.expand(new[i]) for i in chosen}
+    labels = annotate.read_annotations(folder / annotate.MANIFEST, regions, src.num_classes)
+    previous = human_label_paths(earlier_dirs, src.ids)
+    out = {}
+    for i in chosen:
+        image_id = src.ids[i]
+        if pool.cells[i].any() and i not in previous:
+            raise annotate.AnnotationError(f"{stage_dir}: image {image_id!r} has cells revealed before this stage "
+                                           f"but no human labels in an earlier stage's {HUMAN_LABELS}/")
+        earlier = read_label_png(previous[i]) if i in previous else None
+        out[image_id] = annotate.cumulative(earlier, labels[image_id], regions[image_id])
+    return out
+
+
+def copy_human_labels(source_dir: Path, stage_dir: Path) -> None:
+    """A stage reused from another run (init_from) brings its human labels along."""
+    if (source_dir / HUMAN_LABELS).is_dir() and not (stage_dir / HUMAN_LABELS).is_dir():
+        annotate.copy_label_folder(source_dir / HUMAN_LABELS, stage_dir / HUMAN_LABELS)
+
+
+# ----------------------------------------------------------------------------- what queries pick
+def class_pixels(src, pool: LabelPool, new: np.ndarray, human_paths: dict[int, str], ctx) -> dict:
+    """{"queried_class_pixels": {class: n, ..., "void": n}, "pool_class_pixels": {...}}: pixels per
+    class among the cells this query revealed, and among every labeled pixel of `pool` (the pool
+    after the query), by the labels as revealed (dataset or annotator). Each rank reads a shard."""
+    items, _ = view_items(pool, src.ids, None, human_paths)
+    view = SegmentationView(src, items, transform=None, region_size=pool.grid.region)
+    bins = src.num_classes + 1  # the last one counts void
+    queried, labeled = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
+    for j in dist_utils.shard(list(range(len(items))), ctx):
+        i = items[j].index
+        _, target = view.load(j)
+        ids = np.where(target == IGNORE_INDEX, bins - 1, target)
+        labeled += np.bincount(ids[pool.grid.expand(pool.cells[i])], minlength=bins)
+        queried += np.bincount(ids[pool.grid.expand(new[i])], minlength=bins)
+    parts = dist_utils.all_gather_objects((queried, labeled), ctx)  # every rank's shard, ours included
+    queried, labeled = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    names = list(src.classes) + [VOID]
+    return {"queried_class_pixels": dict(zip(names, map(int, queried))),
+            "pool_class_pixels": dict(zip(names, map(int, labeled)))}

@@ -1,0 +1,220 @@
+"""Files exchanged with a human annotator (`query.oracle: human`): the task a query stage writes,
+and the checked import of the labels the annotator wrote back. Pure file logic (no engine, no
+ranks): the engine decides when to call what.
+
+The task folder (`<run>/<NN_stage>/annotate/`):
+
+    manifest.json   {"stage": str, "classes": [str], "ignore_index": int,
+                     "items": [{"id": str, "image": str, "regions": str, "label": str}]}
+                    `image`: the image to label; `regions`: PNG of its size, 255 where the
+                    annotator must label, 0 elsewhere; `label`: where the annotator writes a PNG of
+                    class ids (0..len(classes)-1, or ignore_index for void) at the image's size.
+                    Paths are absolute or relative to the manifest's folder. Written last: its
+                    presence means the folder is complete.
+    regions/<id>.png, preview/<id>.png (overlay for people), images/<id>.png (only when the run
+    works at another resolution than the image files), selection.npz (the selected cells, so an
+    import can check that it imports the selection the manifest was made from).
+
+The imported labels (`<run>/<NN_stage>/human_labels/`): one PNG of class ids per image, 255 outside
+the cells a human labeled (cumulative over query stages), plus a copy of selection.npz. The folder
+is written under a temporary name and renamed: its presence means the import is complete.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MANIFEST = "manifest.json"
+SELECTION = "selection.npz"
+IGNORE_INDEX = 255
+ITEM_KEYS = ("id", "image", "regions", "label")
+
+
+class AnnotationError(ValueError):
+    """A missing or bad annotation file; the message names the file."""
+
+
+def file_name(image_id: str) -> str:
+    """Flat file name of an image id (Cityscapes ids contain '/')."""
+    return image_id.replace("/", "__") + ".png"
+
+
+@dataclass
+class Task:
+    """One image to annotate."""
+    id: str
+    image_path: str | None  # the image file, or None: `image` is written into images/
+    image: np.ndarray       # (H, W, 3) uint8 at the run's working resolution
+    regions: np.ndarray     # (H, W) bool: the pixels to label
+    preview: np.ndarray     # (H, W, 3) uint8 overlay for people
+
+
+# ----------------------------------------------------------------------------- small file writers
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Temporary name (the engine's `.name.tmp-PID` pattern, cleaned at start), fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _png_bytes(array: np.ndarray, path: Path) -> bytes:
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array))
+    if not ok:
+        raise OSError(f"could not encode PNG for {path}")
+    return buf.tobytes()
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """uint8 (H, W) or RGB (H, W, 3) -> PNG, atomically."""
+    _write_bytes(Path(path), _png_bytes(array, Path(path)))
+
+
+def _write_selection(path: Path, ids: list[str], cells: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.array(ids, dtype=np.str_), cells=cells)
+    _write_bytes(path, buf.getvalue())
+
+
+def read_selection(path: Path) -> tuple[list[str], np.ndarray]:
+    """(ids, (N, gh, gw) bool cells) of a selection.npz."""
+    if not Path(path).is_file():
+        raise AnnotationError(f"{path}: selection file missing (the annotate folder is incomplete; delete it "
+                              f"and run the same command again to write a new one)")
+    with np.load(path, allow_pickle=False) as data:
+        return [str(i) for i in data["ids"]], data["cells"].astype(bool)
+
+
+# ----------------------------------------------------------------------------- the task
+def write_task(folder: Path, stage: str, classes: list[str], tasks: list[Task], ids: list[str],
+               selection: np.ndarray) -> Path:
+    """Write the annotate folder (manifest last) and return the manifest's path."""
+    folder = Path(folder)
+    items = []
+    for task in tasks:
+        name = file_name(task.id)
+        write_png(folder / "regions" / name, task.regions.astype(np.uint8) * 255)
+        write_png(folder / "preview" / name, task.preview)
+        image = task.image_path
+        if image is None:
+            write_png(folder / "images" / name, task.image)
+            image = f"images/{name}"
+        items.append({"id": task.id, "image": str(image), "regions": f"regions/{name}",
+                      "label": f"labels/{name}"})
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    _write_selection(folder / SELECTION, ids, selection)
+    manifest = {"stage": stage, "classes": list(classes), "ignore_index": IGNORE_INDEX, "items": items}
+    _write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return folder / MANIFEST
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest, checked against the contract (errors name the file and the key)."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AnnotationError(f"{path}: not a readable manifest ({err})") from None
+    expected = {"stage": str, "classes": list, "ignore_index": int, "items": list}
+    for key, kind in expected.items():
+        if not isinstance(manifest, dict) or not isinstance(manifest.get(key), kind):
+            raise AnnotationError(f"{path}: key '{key}' is missing or not a {kind.__name__}")
+    for n, item in enumerate(manifest["items"]):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ITEM_KEYS):
+            raise AnnotationError(f"{path}: items[{n}] needs string keys id, image, regions, label")
+    return manifest
+
+
+def resolve(manifest_path: Path, relative: str) -> Path:
+    """A manifest path: absolute, or relative to the manifest's folder."""
+    return Path(relative) if os.path.isabs(relative) else Path(manifest_path).parent / relative
+
+
+# ----------------------------------------------------------------------------- the import
+def read_annotations(manifest_path: Path, regions: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarray]:
+    """{id: (H, W) uint8 class ids inside the regions, 255 outside} for every image of `regions`
+    ({id: (H, W) bool}, the selection the manifest was made from).
+
+    Every file is checked before anything is returned: the first problem found (in manifest
+    order) raises AnnotationError naming the file. Missing files are counted in the message, so
+    a run started again before annotating says how many are still to do."""
+    manifest_path = Path(manifest_path)
+    manifest = read_manifest(manifest_path)
+    listed = [item["id"] for item in manifest["items"]]
+    if sorted(listed) != sorted(regions):
+        odd = sorted(set(listed) ^ set(regions)) or listed
+        raise AnnotationError(f"{manifest_path}: its items do not match the regions the stage selected "
+                              f"({len(listed)} items, {len(regions)} images with regions; e.g. {odd[0]!r}); "
+                              f"delete its folder and run the same command again for a new one")
+    paths = {item["id"]: resolve(manifest_path, item["label"]) for item in manifest["items"]}
+    missing = [p for p in paths.values() if not p.is_file()]
+    if missing:
+        raise AnnotationError(f"{missing[0]}: annotation file missing ({len(missing)} of {len(paths)} label files "
+                              f"of {manifest_path} are missing; write them, then run the same command again)")
+    return {image_id: _read_one(paths[image_id], regions[image_id], num_classes) for image_id in listed}
+
+
+def _read_one(path: Path, region: np.ndarray, num_classes: int) -> np.ndarray:
+    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise AnnotationError(f"{path}: annotation file is not a readable image")
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise AnnotationError(f"{path}: annotation must be a single-channel 8-bit PNG of class ids, got "
+                              f"shape {labels.shape} dtype {labels.dtype}")
+    if labels.shape != region.shape:
+        raise AnnotationError(f"{path}: annotation is {labels.shape[0]}x{labels.shape[1]}, the image is "
+                              f"{region.shape[0]}x{region.shape[1]}")
+    inside = labels[region]
+    bad = np.unique(inside[(inside >= num_classes) & (inside != IGNORE_INDEX)])
+    if bad.size:
+        raise AnnotationError(f"{path}: class ids {bad.tolist()[:5]} inside the regions are out of range "
+                              f"(0..{num_classes - 1}, or {IGNORE_INDEX} for void)")
+    out = np.full(labels.shape, IGNORE_INDEX, dtype=np.uint8)
+    out[region] = inside
+    return out
+
+
+def cumulative(previous: np.ndarray | None, new: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """An image's human labels after this cycle: the earlier ones, with this cycle's regions added."""
+    out = np.full(new.shape, IGNORE_INDEX, dtype=np.uint8) if previous is None else previous.copy()
+    out[region] = new[region]
+    return out
+
+
+def write_label_folder(folder: Path, labels: dict[str, np.ndarray], selection: Path) -> None:
+    """The imported labels, under a temporary name renamed into place (a killed import leaves
+    either no folder or a complete one)."""
+    folder = Path(folder)
+    partial = folder.with_name(f".{folder.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # left by a killed import: redone from the annotator's files
+    partial.mkdir(parents=True)
+    for image_id, array in labels.items():
+        write_png(partial / file_name(image_id), array)
+    shutil.copy2(selection, partial / SELECTION)
+    os.rename(partial, folder)
+
+
+def copy_label_folder(src: Path, dst: Path) -> None:
+    """Copy a finished human_labels folder (a stage reused from another run), atomically."""
+    partial = Path(dst).with_name(f".{Path(dst).name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    shutil.copytree(src, partial)
+    os.rename(partial, dst)
