@@ -8,9 +8,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from .classes import CAMVID_CLASSES, CAMVID_LUT
-from .source import SegmentationSource, SourceEntry, read_list_file
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from .source import SegmentationSource, SourceEntry, paired_folder_entries, read_list_file
 
 
 def _relative_to_root(path_text: str) -> str:
@@ -34,19 +32,8 @@ def camvid_entries_from_list(root: Path, list_path: str | os.PathLike) -> list[S
 
 def camvid_entries_from_folders(root: Path, split: str) -> list[SourceEntry]:
     """Pair `{split}/<stem>.png|jpg` with `{split}annot/<stem>.png` (sorted by stem)."""
-    image_dir, label_dir = root / split, root / f"{split}annot"
-    for folder in (image_dir, label_dir):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"CamVid split {split!r}: folder not found: {folder} "
-                                    f"(and no list file {root / (split + '.txt')})")
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    entries = []
-    for image_path in images:
-        label_path = label_dir / f"{image_path.stem}.png"
-        if not label_path.is_file():
-            raise FileNotFoundError(f"no label for image {image_path}: expected {label_path}")
-        entries.append(SourceEntry(image_path.stem, str(image_path), str(label_path), CAMVID_LUT))
-    return entries
+    return paired_folder_entries(root / split, root / f"{split}annot", CAMVID_LUT,
+                                 what=f"CamVid split {split!r}", list_file=root / f"{split}.txt")
 
 
 def build_camvid(root: str | os.PathLike, split: str, resize=None,

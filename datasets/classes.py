@@ -92,3 +92,29 @@ CITYSCAPES_TRAINID_LUT = identity_lut(len(CITYSCAPES_CLASSES))
 # Cityscapes *_labelIds.png: ids 0..33 mapped by the official table; 255 tolerated as ignore.
 CITYSCAPES_ID_LUT = _lut({**{lb.id: lb.train_id for lb in CITYSCAPES_LABELS},
                           IGNORE_INDEX: IGNORE_INDEX})
+
+# Colours of class ids in prediction / label pictures: CamVid's usual colours first; the rest
+# are distinct enough for the 19 Cityscapes classes. A data set may bring its own (data.palette).
+PALETTE = np.array([
+    [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [0, 0, 192], [128, 128, 0],
+    [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [220, 20, 60],
+    [0, 0, 142], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32], [250, 170, 30],
+    [220, 220, 0],
+], dtype=np.uint8)
+PALETTE.setflags(write=False)
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8: the project palette, repeated when there are more classes."""
+    return PALETTE[np.arange(num_classes) % len(PALETTE)]
+
+
+def check_palette(palette, num_classes: int) -> np.ndarray:
+    """A user palette as uint8 (num_classes, 3); wrong length or values outside 0..255 raise."""
+    arr = np.asarray(palette)
+    if arr.shape != (num_classes, 3) or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"palette must be {num_classes} [r, g, b] integer triples (one per class), "
+                         f"got shape {arr.shape}")
+    if arr.min() < 0 or arr.max() > 255:
+        raise ValueError(f"palette values must be in 0..255, got {arr.min()}..{arr.max()}")
+    return arr.astype(np.uint8)

@@ -8,20 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-# CamVid's usual colours first; the rest are distinct enough for 19 Cityscapes classes.
-PALETTE = np.array([
-    [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [0, 0, 192], [128, 128, 0],
-    [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [220, 20, 60],
-    [0, 0, 142], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32], [250, 170, 30],
-    [220, 220, 0],
-], dtype=np.uint8)
+from datasets.classes import PALETTE
 
 
-def colorize(label: np.ndarray) -> np.ndarray:
-    """(H, W) class ids (255 = ignore, drawn black) -> (H, W, 3) uint8."""
+def colorize(label: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
+    """(H, W) class ids (255 = ignore, drawn black) -> (H, W, 3) uint8 in `palette` colours
+    ((K, 3) uint8; ids past its end wrap around)."""
     out = np.zeros(label.shape + (3,), dtype=np.uint8)
     valid = label != 255
-    out[valid] = PALETTE[label[valid] % len(PALETTE)]
+    out[valid] = palette[label[valid] % len(palette)]
     return out
 
 

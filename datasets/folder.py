@@ -1,0 +1,90 @@
+"""Your own data set (`data.dataset: folder`): images and 8-bit label PNGs in a plain layout.
+
+    <root>/<split>/images/<stem>.png|.jpg|.jpeg
+    <root>/<split>/labels/<stem>.png
+
+or a list file of `image label` lines relative to `root` (given as the split, or found as
+`<root>/<split>.txt`, as for CamVid). Class names come from the config, in label-id order.
+Raw label values become class ids through `label_map` (raw -> id; default: raw value = id),
+the raw value `ignore_index` (and any value mapped to 255) is ignored, and any other value is
+an error naming the file (the shared reader in source.py reports it).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .camvid import is_list_file
+from .classes import IGNORE_INDEX, INVALID
+from .source import SegmentationSource, SourceEntry, paired_folder_entries, read_list_file
+
+
+def check_classes(classes) -> tuple[str, ...]:
+    """At least two distinct names, and few enough that every id fits below 255 (= ignore)."""
+    if classes is None:
+        raise ValueError("the folder dataset needs data.classes (class names in label-id order)")
+    classes = tuple(classes)
+    if not 2 <= len(classes) <= IGNORE_INDEX:
+        raise ValueError(f"data.classes: need 2..{IGNORE_INDEX} class names, got {len(classes)}")
+    duplicates = sorted({c for c in classes if classes.count(c) > 1})
+    if duplicates:
+        raise ValueError(f"data.classes: duplicate class names {duplicates}")
+    return classes
+
+
+def folder_lut(num_classes: int, ignore_index: int = IGNORE_INDEX,
+               label_map: Mapping[int, int] | None = None) -> np.ndarray:
+    """256-entry raw value -> class id table (see classes.py): `label_map` (or the identity
+    0..C-1), `ignore_index` -> 255, everything else INVALID so that reading it fails."""
+    if not 0 <= ignore_index <= 255:
+        raise ValueError(f"data.ignore_index must be a raw label value 0..255, got {ignore_index}")
+    mapping = dict(label_map) if label_map is not None else {v: v for v in range(num_classes)}
+    if ignore_index in mapping:
+        raise ValueError(f"data.ignore_index {ignore_index} is also a class value "
+                         f"({'a data.label_map key' if label_map is not None else 'a class id'}); "
+                         f"a raw value is either a class or ignored")
+    lut = np.full(256, INVALID, dtype=np.int16)
+    for raw, class_id in mapping.items():
+        if not 0 <= raw <= 255:
+            raise ValueError(f"data.label_map: raw label value {raw} is outside 0..255 (8-bit PNG)")
+        if not (0 <= class_id < num_classes or class_id == IGNORE_INDEX):
+            raise ValueError(f"data.label_map: {raw} -> {class_id}: class id must be in "
+                             f"0..{num_classes - 1} (or {IGNORE_INDEX} to ignore the value)")
+        lut[raw] = class_id
+    lut[ignore_index] = IGNORE_INDEX
+    lut.setflags(write=False)
+    return lut
+
+
+def folder_entries_from_folders(root: Path, split: str, lut: np.ndarray) -> list[SourceEntry]:
+    """Pair `<split>/images/<stem>.png|jpg` with `<split>/labels/<stem>.png` (sorted by stem)."""
+    return paired_folder_entries(root / split / "images", root / split / "labels", lut,
+                                 what=f"folder dataset split {split!r}", list_file=root / f"{split}.txt")
+
+
+def folder_entries_from_list(root: Path, list_path: str | os.PathLike,
+                             lut: np.ndarray) -> list[SourceEntry]:
+    # Ids are file stems, as in the folder layout: a list naming some images of a folder split
+    # (e.g. data.labeled_split) then names them exactly as the scanned split does.
+    return [SourceEntry(Path(image_text).stem, str(root / image_text), str(root / label_text), lut)
+            for image_text, label_text in read_list_file(list_path)]
+
+
+def build_folder(root: str | os.PathLike, split: str, *, classes: Sequence[str], resize=None,
+                 ignore_index: int = IGNORE_INDEX, label_map: Mapping[int, int] | None = None,
+                 palette=None) -> SegmentationSource:
+    """`split`: a split name (folder layout, or `<root>/<split>.txt` when that exists) or a
+    path to a list file. `palette`: (C, 3) colours, default the project palette."""
+    root = Path(root)
+    classes = check_classes(classes)
+    lut = folder_lut(len(classes), ignore_index, label_map)
+    if is_list_file(split):
+        entries = folder_entries_from_list(root, split, lut)
+    elif (root / f"{split}.txt").is_file():
+        entries = folder_entries_from_list(root, root / f"{split}.txt", lut)
+    else:
+        entries = folder_entries_from_folders(root, split, lut)
+    return SegmentationSource(root, classes, entries, resize=resize, name="folder", palette=palette)
