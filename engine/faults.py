@@ -1,10 +1,15 @@
-"""A test hook for crash-safety tests: `S4AL_DIE_AT=point:N` makes the process kill itself with
-SIGKILL the N-th time it reaches `point` — exactly what a pre-empted cluster job suffers. Unset
-(always, outside tests) it does nothing."""
+"""Test hooks for crash-safety and DDP tests. Unset (always, outside tests) they do nothing.
+
+- `S4AL_DIE_AT=point:N` makes the process kill itself with SIGKILL the N-th time it reaches
+  `point` — exactly what a pre-empted cluster job suffers.
+- `S4AL_PERTURB_RANK=R` nudges rank R's weights just before the ranks compare them at the end of
+  a stage, so a test can watch the agreement check catch ranks that drifted apart."""
 from __future__ import annotations
 
 import os
 import signal
+
+import torch
 
 _seen: dict[str, int] = {}
 
@@ -19,3 +24,13 @@ def reached(point: str) -> None:
     _seen[point] = _seen.get(point, 0) + 1
     if _seen[point] == int(count or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@torch.no_grad()
+def perturb_rank(model, rank: int) -> None:
+    """Add 1e-3 to one weight of `model` on the rank named by S4AL_PERTURB_RANK (no-op if unset)."""
+    spec = os.environ.get("S4AL_PERTURB_RANK")
+    if not spec or int(spec) != rank:
+        return
+    first = next(model.parameters())
+    first[(0,) * first.dim()] += 1e-3  # by index: weights may be channels_last

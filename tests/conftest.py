@@ -1,10 +1,17 @@
 import os
+import time
 
 # Same reason as in train_al.py: spinning OpenMP threads crawl when loader workers or a second
 # process share the two cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "env_dependent: compares with a measurement of this machine (resident memory, "
+                   "allocator behaviour); deselect with -m 'not env_dependent' where that differs")
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +22,22 @@ def al_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("al")
     data = tmp_path_factory.getbasetemp() / "synthetic"
     cfg = write_config(base, "tiny_al", base / "run", data)
+    started = time.time()
     result = run_script("train_al.py", cfg)
+    seconds = time.time() - started
     assert result.returncode == 0, result.stderr[-3000:]
-    return {"config": cfg, "run": base / "run", "data": data, "stdout": result.stdout, "base": base}
+    return {"config": cfg, "run": base / "run", "data": data, "stdout": result.stdout, "base": base,
+            "seconds": seconds}
+
+
+@pytest.fixture(scope="session")
+def ssl_run(al_run, tmp_path_factory):
+    """One uninterrupted tiny semi-supervised run: 4 labeled images, teacher -> one round."""
+    from tests.pipeline_helpers import run_script, write_ssl_config
+
+    base = tmp_path_factory.mktemp("ssl")
+    ids = sorted(p.stem for p in (al_run["data"] / "train").glob("*.png"))[:4]
+    cfg = write_ssl_config(base, "tiny_ssl", base / "run", al_run["data"], ids)
+    result = run_script("train_ssl.py", cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"config": cfg, "run": base / "run", "data": al_run["data"], "labeled": ids}

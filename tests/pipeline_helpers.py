@@ -26,6 +26,9 @@ data:
 model: {{backbone: mobilenet_v2, pretrained: none, rep_dim: 8}}
 loss: {{num_queries: 8, num_negatives: 16}}
 runtime: {{device: cpu, amp: none, checkpoint_every: 2, log_every: 1}}
+# Not the default 0.7, and between the tiny teachers' typical confidences: a pipeline that ignores
+# pseudo.threshold writes other pseudo labels (tests/test_stage_contracts.py).
+pseudo: {{threshold: 0.4}}
 query: {{initial_fraction: 0.25, region_size: [16, 16], regions_per_image: 2, vis_images: 2}}
 stage_defaults: {{epochs: 2, iters_per_epoch: 3, init: scratch}}
 output_dir: {output_dir}
@@ -46,10 +49,32 @@ def write_config(folder: Path, name: str, output_dir: Path, data_root: Path, sta
     return path
 
 
+SSL_STAGES = """
+stages:
+  teacher: {kind: supervised, batch_labeled: 2}
+  round1: {kind: self_train, batch_labeled: 1, batch_unlabeled: 2, noise: true, init: teacher, epochs: 1}
+"""
+
+
+def write_ssl_config(folder: Path, name: str, output_dir: Path, data_root: Path, labeled: list[str]) -> Path:
+    """A tiny train_ssl.py config whose labeled split (written beside it) lists `labeled` ids."""
+    split = folder / f"{name}_labeled.txt"
+    split.write_text("".join(f"train/{i}.png trainannot/{i}.png\n" for i in labeled))
+    path = write_config(folder, name, output_dir, data_root, stages=SSL_STAGES)
+    path.write_text(path.read_text().replace("  train_split: train\n",
+                                             f"  train_split: train\n  labeled_split: {split}\n"))
+    return path
+
+
 def run_script(script: str, config: Path, *overrides: str, die_at: str | None = None, nproc: int = 1,
-               timeout: int = 600) -> subprocess.CompletedProcess:
+               timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `script` (plain python, or torchrun with `nproc` gloo ranks). Fault hooks of
+    engine/faults.py are off unless asked for: `die_at`, or `env` (e.g. S4AL_PERTURB_RANK)."""
+    extra = env or {}
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"}
-    env.pop("S4AL_DIE_AT", None)
+    for hook in ("S4AL_DIE_AT", "S4AL_PERTURB_RANK"):  # never inherited from the caller's shell
+        env.pop(hook, None)
+    env.update(extra)
     if die_at:
         env["S4AL_DIE_AT"] = die_at
     if nproc > 1:
@@ -62,7 +87,7 @@ def run_script(script: str, config: Path, *overrides: str, die_at: str | None = 
 
 def final_weights(run_dir: Path) -> dict:
     last = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name[:2].isdigit())[-1]
-    return torch.load(last / "weights.pth", weights_only=False)["model"]
+    return torch.load(last / "weights.pth", weights_only=True)["model"]
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -78,3 +103,32 @@ def pool_cells(path: Path) -> np.ndarray:
 
 def leftover_temporaries(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.rglob("*") if ".tmp-" in p.name or p.name.endswith(".copying")]
+
+
+# --------------------------------------------------------------------------- predictions by hand
+# Independent of datasets/transforms.py and engine/inference.py: what a stage's model predicts for
+# an image file, computed the plainest way (used to check pseudo labels and recorded mIoUs).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def stage_weights(run_dir: Path, stage: str) -> dict:
+    return torch.load(run_dir / stage / "weights.pth", weights_only=True)["model"]
+
+
+def noise_free_model(cfg, state: dict, num_classes: int):
+    """The stage's network with `state` loaded (every key), without student noise, in eval mode."""
+    from engine.optim import make_model
+    rep_head = any(k.startswith("representation_head.") for k in state)
+    model = make_model(cfg, num_classes, rep_head=rep_head, noise=False, pretrained="none")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@torch.no_grad()
+def softmax_of_image(model, image_file: str) -> torch.Tensor:
+    """(C, H, W) softmax of the model's logits for one image file, at the file's resolution."""
+    import cv2
+    rgb = cv2.imread(image_file, cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.float32) / 255.0
+    x = torch.from_numpy(((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy())[None]
+    return model(x)[0].softmax(dim=0)

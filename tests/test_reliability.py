@@ -1,16 +1,20 @@
-"""Issue 8's promises: killed anywhere -> same result after a restart; DDP ranks agree with each
-other and with one process; bad input fails early and cleanly; non-finite losses are caught."""
+"""Issue 8's promises: killed anywhere (a real SIGKILL) -> same result after a restart; 2 DDP ranks
+agree with each other, catch a rank that drifted, select what one process selects and resume like
+it; bad input fails early and cleanly; non-finite losses are caught at their exact step."""
 import json
 import shutil
 import signal
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from tests.pipeline_helpers import (assert_same_weights, final_weights, leftover_temporaries, pool_cells,
-                                    run_script, write_config)
+from datasets import build_source
+from datasets.synthetic import generate_synthetic
+from tests.pipeline_helpers import (REPO, assert_same_weights, final_weights, leftover_temporaries, pool_cells,
+                                    run_script, write_config, write_ssl_config)
 
 pytestmark = pytest.mark.slow
 
@@ -37,24 +41,40 @@ def test_killed_run_resumes_to_the_same_result(al_run, tmp_path, point):
     assert not leftover_temporaries(tmp_path / "run")
 
 
-def test_killed_ssl_run_resumes_to_the_same_result(al_run, tmp_path):
-    ids = sorted(p.stem for p in (al_run["data"] / "train").glob("*.png"))[:4]
-    split = tmp_path / "labeled.txt"
-    split.write_text("".join(f"train/{i}.png trainannot/{i}.png\n" for i in ids))
-    stages = ("stages:\n  teacher: {kind: supervised, batch_labeled: 2}\n"
-              "  round1: {kind: self_train, batch_labeled: 1, batch_unlabeled: 2, noise: true, init: teacher}\n")
-    runs = {}
-    for name, die_at in [("straight", None), ("killed", "train_step:9")]:
-        cfg = write_config(tmp_path, name, tmp_path / name, al_run["data"], stages=stages)
-        cfg.write_text(cfg.read_text().replace("  train_split: train\n",
-                                               f"  train_split: train\n  labeled_split: {split}\n"))
-        result = run_script("train_ssl.py", cfg, die_at=die_at)
-        if die_at:
-            assert result.returncode == -signal.SIGKILL
-            result = run_script("train_ssl.py", cfg)
-        assert result.returncode == 0, result.stderr[-2000:]
-        runs[name] = final_weights(tmp_path / name)
-    assert_same_weights(runs["straight"], runs["killed"])
+def test_killed_ssl_run_resumes_to_the_same_result(ssl_run, tmp_path):
+    cfg = write_ssl_config(tmp_path, "tiny_ssl", tmp_path / "run", ssl_run["data"], ssl_run["labeled"])
+    killed = run_script("train_ssl.py", cfg, die_at="train_step:9")  # round1, after the teacher's 6 steps
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_script("train_ssl.py", cfg)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(final_weights(tmp_path / "run"), final_weights(ssl_run["run"]))
+    ours = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]
+    theirs = json.loads((ssl_run["run"] / "summary.json").read_text())["stages"]
+    assert [s["miou"] for s in ours] == [s["miou"] for s in theirs]
+
+
+_DIE_WHILE_GENERATING = """
+import os, signal, sys
+from datasets import synthetic
+real, calls = synthetic.render_sample, []
+def dies_on_third(*args):
+    calls.append(args)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args)
+synthetic.render_sample = dies_on_third
+synthetic.generate_synthetic(sys.argv[1], num_train=4, num_val=2, num_test=1, height=48, width=64, seed=3)
+"""
+
+
+def test_synthetic_generation_killed_midway_leaves_no_partial_set(tmp_path):
+    # A real SIGKILL: no except/finally block runs, whatever the generator cleans up on errors.
+    killed = subprocess.run([sys.executable, "-c", _DIE_WHILE_GENERATING, str(tmp_path / "syn")], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "syn").exists()
+    root = generate_synthetic(tmp_path / "syn", num_train=4, num_val=2, num_test=1, height=48, width=64, seed=3)
+    assert [len(build_source("synthetic", root, split)) for split in ("train", "val", "test")] == [4, 2, 1]
 
 
 def test_truncated_checkpoint_is_reported_and_the_previous_one_used(al_run, tmp_path):
@@ -70,37 +90,96 @@ def test_truncated_checkpoint_is_reported_and_the_previous_one_used(al_run, tmp_
     assert_same_weights(final_weights(tmp_path / "run"), final_weights(al_run["run"]))
 
 
-def test_two_gloo_ranks_agree_with_each_other_and_with_one_process(al_run, tmp_path):
-    stages = ("stages:\n  teacher: {kind: supervised, batch_labeled: 2}\n"
-              "  query1: {kind: query, batch_labeled: 1, batch_unlabeled: 2, noise: true, init: teacher, epochs: 1}\n")
-    ddp_cfg = write_config(tmp_path, "ddp", tmp_path / "ddp", al_run["data"], stages=stages)
-    result = run_script("train_al.py", ddp_cfg, nproc=2)
+# --------------------------------------------------------------------------- two gloo ranks
+# query1 is a noisy student: each rank draws its own dropout masks, yet weights, pools and
+# resumes must agree. 4 steps, so a kill at its 3rd step (train_step 9, after the teacher's 6)
+# resumes from its step-2 checkpoint.
+DDP_STAGES = ("stages:\n  teacher: {kind: supervised, batch_labeled: 2}\n"
+              "  query1: {kind: query, batch_labeled: 1, batch_unlabeled: 2, noise: true, init: teacher, "
+              "epochs: 1, iters_per_epoch: 4}\n")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(al_run, tmp_path_factory):
+    """One uninterrupted 2-rank run, shared by the agreement, one-process and kill/resume tests."""
+    base = tmp_path_factory.mktemp("ddp")
+    cfg = write_config(base, "ddp", base / "run", al_run["data"], stages=DDP_STAGES)
+    result = run_script("train_al.py", cfg, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["world_size"] == 2
+    return {"config": cfg, "run": base / "run", "data": al_run["data"]}
+
+
+def _stages(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())["stages"]
+
+
+def test_two_gloo_ranks_end_every_stage_with_identical_weights(ddp_run):
+    run = ddp_run["run"]
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
     for stage in ("00_teacher", "01_query1"):
-        digests = json.loads((tmp_path / "ddp" / stage / "metrics.json").read_text())["weights_sha256_per_rank"]
-        assert len(digests) == 2 and digests[0] == digests[1]
-    # One process, starting from the 2-rank teacher (init_from reuses it), queries the same regions.
-    one_cfg = write_config(tmp_path, "one", tmp_path / "one", al_run["data"], stages=stages,
-                           extra=f"init_from: {ddp_cfg}\n")
-    result = run_script("train_al.py", one_cfg)
+        metrics = json.loads((run / stage / "metrics.json").read_text())
+        for key in ("weights_sha256_per_rank", "pool_sha256_per_rank"):
+            digests = metrics[key]
+            assert len(digests) == 2 and digests[0] == digests[1], (stage, key)
+
+
+def test_a_rank_whose_weights_drifted_stops_the_run(al_run, tmp_path):
+    # A 2-rank teacher with one weight of rank 1 nudged (engine/faults.py) before the ranks compare.
+    cfg = write_config(tmp_path, "ddp", tmp_path / "run", al_run["data"], stages=DDP_STAGES)
+    result = run_script("train_al.py", cfg, "stages.query1=null", "stages.teacher.epochs=1", nproc=2,
+                        env={"S4AL_PERTURB_RANK": "1"})
+    assert result.returncode != 0
+    assert "stage 'teacher': ranks ended with different weights" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run" / "00_teacher" / "weights.pth").exists()
+
+
+def test_one_process_selects_the_same_cells_from_the_same_teacher(ddp_run, tmp_path):
+    # The one-process run reuses only the 2-rank teacher (its query1 trains 1 step instead of 4),
+    # then pseudo-labels, scores and selects by itself.
+    stages = DDP_STAGES.replace("iters_per_epoch: 4", "iters_per_epoch: 1")
+    cfg = write_config(tmp_path, "one", tmp_path / "one", ddp_run["data"], stages=stages,
+                       extra=f"init_from: {ddp_run['config']}\n")
+    result = run_script("train_al.py", cfg)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "] reused from" in result.stdout
-    assert (pool_cells(tmp_path / "one" / "01_query1" / "pool.npz")
-            == pool_cells(tmp_path / "ddp" / "01_query1" / "pool.npz")).all()
-    # ... and evaluates the teacher to the same mIoU as the two ranks did together.
+    assert result.stdout.count("] reused from ") == 1  # the teacher; query1 computed here
+    ours, theirs = tmp_path / "one" / "01_query1", ddp_run["run"] / "01_query1"
+    one, two = np.load(ours / "pseudo_done.npz"), np.load(theirs / "pseudo_done.npz")
+    assert (one["has_scores"] == two["has_scores"]).all()
+    np.testing.assert_allclose(one["scores"], two["scores"], rtol=1e-5, atol=1e-6)
+    assert (pool_cells(ours / "pool.npz") == pool_cells(theirs / "pool.npz")).all()
+    assert (pool_cells(ours / "pool.npz") != pool_cells(tmp_path / "one" / "00_teacher" / "pool.npz")).any()
+    # ... and evaluates the teacher to the mIoU the two ranks recorded together.
     from engine.config import load_config
     from engine.data import source
     from engine.distributed import DistContext
     from engine.evaluate import evaluate
     from engine.optim import make_model
-    cfg = load_config(str(ddp_cfg))
+    cfg = load_config(str(ddp_run["config"]))
     src = source(cfg, "val")
     model = make_model(cfg, src.num_classes, rep_head=True, noise=False, pretrained="none")
-    model.load_state_dict(torch.load(tmp_path / "ddp" / "00_teacher" / "weights.pth", weights_only=False)["model"])
+    model.load_state_dict(torch.load(ddp_run["run"] / "00_teacher" / "weights.pth", weights_only=True)["model"])
     single = evaluate(model, src, cfg, DistContext(), amp="none")
-    assert single["miou"] == pytest.approx(summary["stages"][0]["miou"], abs=1e-9)
+    assert single["miou"] == pytest.approx(_stages(ddp_run["run"])[0]["miou"], abs=1e-9)
+
+
+def test_killed_two_rank_run_resumes_to_the_same_result(ddp_run, tmp_path):
+    cfg = write_config(tmp_path, "ddp", tmp_path / "run", ddp_run["data"], stages=DDP_STAGES)
+    killed = run_script("train_al.py", cfg, nproc=2, die_at="train_step:9")  # every rank dies there
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr, killed.stderr[-2000:]
+    assert not (tmp_path / "run" / "01_query1" / "metrics.json").exists()
+    assert [p.name for p in (tmp_path / "run" / "01_query1" / "checkpoints").glob("step_*.pth")] == \
+        ["step_00000002.pth"]
+    resumed = run_script("train_al.py", cfg, nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[query1] resuming at step 2/4" in resumed.stdout
+    ours, theirs = tmp_path / "run", ddp_run["run"]
+    assert [s["miou"] for s in _stages(ours)] == [s["miou"] for s in _stages(theirs)]
+    assert [s["per_class_iou"] for s in _stages(ours)] == [s["per_class_iou"] for s in _stages(theirs)]
+    for stage in ("00_teacher", "01_query1"):
+        assert (pool_cells(ours / stage / "pool.npz") == pool_cells(theirs / stage / "pool.npz")).all()
+    assert_same_weights(final_weights(ours), final_weights(theirs))
+    digests = json.loads((ours / "01_query1" / "metrics.json").read_text())["weights_sha256_per_rank"]
+    assert digests == json.loads((theirs / "01_query1" / "metrics.json").read_text())["weights_sha256_per_rank"]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -197,18 +276,46 @@ def test_run_dir_of_another_config_is_refused_unless_overwrite(al_run, tmp_path)
     assert run_script("train_al.py", cfg, "optim.lr=0.5", "--dry-run").returncode == 2
 
 
-def test_nonfinite_loss_stops_with_step_stage_and_checkpoint(al_run, tmp_path):
+# lr = 1e30 on the tiny teacher: step 0 starts from finite weights, so its loss is finite and its
+# update throws the weights out of range; from step 1 on every loss is non-finite. Deterministic.
+DIVERGE = ["optim.lr=1e30", "stages.student=null", "stages.query1=null"]
+
+
+@pytest.mark.parametrize("every, where", [
+    # a checkpoint (and so a check) after every step: the one written after step 0 is named
+    ("1", "last good checkpoint: {run}/00_teacher/checkpoints/step_00000001.pth"),
+    # checks every 4 steps: step 1 is caught at the step-4 check, before the step-4 checkpoint
+    ("4", "no checkpoint saved yet"),
+])
+def test_nonfinite_loss_stops_with_step_stage_and_checkpoint(al_run, tmp_path, every, where):
     cfg = write_config(tmp_path, "nan", tmp_path / "run", al_run["data"])
-    result = run_script("train_al.py", cfg, "optim.lr=1e30")
+    result = run_script("train_al.py", cfg, *DIVERGE, f"runtime.checkpoint_every={every}",
+                        f"runtime.log_every={every}")
     assert result.returncode != 0
-    assert "non-finite loss at step" in result.stderr and "stage 'teacher'" in result.stderr
-    assert "last good checkpoint: " in result.stderr or "no checkpoint saved yet" in result.stderr
+    where = where.format(run=tmp_path / "run")
+    assert f"non-finite loss at step 1 of stage 'teacher'; {where}" in result.stderr, result.stderr[-2000:]
+    saved = [p.name for p in (tmp_path / "run" / "00_teacher" / "checkpoints").glob("step_*.pth")]
+    assert saved == (["step_00000001.pth"] if every == "1" else [])  # none after the bad step
+
+
+def _parameters(state: dict) -> dict:
+    """Trainable tensors only: a skipped step still ran its forward pass, which moves BatchNorm's
+    running statistics."""
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
 def test_nonfinite_loss_can_be_skipped_and_counted(al_run, tmp_path):
     cfg = write_config(tmp_path, "nan", tmp_path / "run", al_run["data"])
-    result = run_script("train_al.py", cfg, "optim.lr=1e30", "runtime.nonfinite=skip",
-                        "stages.student=null", "stages.query1=null")
+    result = run_script("train_al.py", cfg, *DIVERGE, "runtime.nonfinite=skip")
     assert result.returncode == 0, result.stderr[-2000:]
     train = json.loads((tmp_path / "run" / "00_teacher" / "metrics.json").read_text())["train"]
-    assert 1 <= train["skipped_steps"] <= 6
+    assert train["skipped_steps"] == 5  # steps 1..5 of 6
+    assert [line.split("step ")[1].split(":")[0] for line in result.stdout.splitlines()
+            if "non-finite loss, step skipped" in line] == ["1", "2", "3", "4", "5"]
+    # Skipped steps left the weights as step 0 made them: the same as a run that stops after step 0
+    # (batches and the step-0 learning rate do not depend on the number of steps).
+    one = write_config(tmp_path, "one_step", tmp_path / "one_step", al_run["data"])
+    result = run_script("train_al.py", one, *DIVERGE, "stages.teacher.epochs=1", "stages.teacher.iters_per_epoch=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    skipped, one_step = _parameters(final_weights(tmp_path / "run")), _parameters(final_weights(tmp_path / "one_step"))
+    assert_same_weights(skipped, one_step)

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-import datasets.synthetic as synthetic
 from datasets import CAMVID_CLASSES, build_source, full_view, EvalTransform
 from datasets.synthetic import generate_synthetic
 
@@ -71,26 +70,6 @@ def test_different_parameters_on_existing_folder(tmp_path):
         generate_synthetic(other, **SMALL)
     with pytest.raises(ValueError, match="height"):
         generate_synthetic(tmp_path / "bad", **{**SMALL, "height": 0})
-
-
-def test_killed_generation_leaves_no_partial_set(tmp_path, monkeypatch):
-    real = synthetic.render_sample
-    calls = []
-
-    def dies_on_third(*args):
-        calls.append(args)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args)
-
-    monkeypatch.setattr(synthetic, "render_sample", dies_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        generate_synthetic(tmp_path / "syn", **SMALL)
-    assert not (tmp_path / "syn").exists()
-    assert list(tmp_path.iterdir()) == []                     # temp folder cleaned up as well
-    monkeypatch.setattr(synthetic, "render_sample", real)
-    root = generate_synthetic(tmp_path / "syn", **SMALL)      # a later call completes
-    assert len(build_source("synthetic", root, "train")) == 4
 
 
 def test_empty_existing_folder_is_filled(tmp_path):
