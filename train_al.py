@@ -7,8 +7,9 @@ Each stage of the config is one of
   supervised  train a teacher on the labeled pool (weak aug, CE [+ ReCo]);
   self_train  pseudo-label the pool with the current model, train a fresh noisy student on
               labeled (weak aug) + pseudo-labeled (strong aug) batches;
-  query       the same pass also scores regions by mean entropy; the top regions are revealed
-              (ground truth), then self-train as above.
+  query       the same pass also scores regions by mean entropy of the prediction (never the
+              labels); the top regions are revealed (ground truth, or a person's labels with
+              query.oracle=human), then self-train as above.
 A finished stage is never recomputed; a killed stage resumes from its last checkpoint.
 """
 import os
@@ -21,30 +22,31 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from engine import distributed  # noqa: E402
 from engine.pipeline import open_experiment  # noqa: E402
-from engine.run import load_config_or_exit, parse_args  # noqa: E402
+from engine.run import exit_on_input_error, load_config_or_exit, parse_args  # noqa: E402
 
 
 def main() -> None:
     args = parse_args(__doc__)
     cfg = load_config_or_exit(args)
-    ctx = distributed.setup(cfg.runtime.device)
-    exp = open_experiment(args, cfg, ctx)  # validates config, data, weights; None after --dry-run
-    if exp is None:
-        return
-    pool = exp.initial_pool()  # 10% of the images, fully labeled
-    teacher = None
-    for index, (name, stage) in enumerate(cfg.stages.items()):
-        finished = exp.finished_stage(index, name)
-        if finished is not None:
-            pool, teacher = finished
-            continue
-        pseudo = None
-        if stage.kind != "supervised":
-            pseudo = exp.pseudo_label(index, name, teacher, pool, score=stage.kind == "query")
-        if stage.kind == "query":
-            pool = exp.query(index, name, pool, pseudo)
-        teacher = exp.train(index, name, stage, pool, teacher, pseudo)  # the student becomes the teacher
-    exp.finish()
+    ctx = distributed.setup(cfg.runtime.device, cfg.runtime.dist_timeout_minutes)
+    with exit_on_input_error():  # bad input found mid-run (e.g. an unsafe checkpoint): one error line
+        exp = open_experiment(args, cfg, ctx)  # validates config, data, weights; None after --dry-run
+        if exp is None:
+            return
+        pool = exp.initial_pool()  # 10% of the images, fully labeled
+        teacher = None
+        for index, (name, stage) in enumerate(cfg.stages.items()):
+            finished = exp.finished_stage(index, name)
+            if finished is not None:
+                pool, teacher = finished
+                continue
+            pseudo = None
+            if stage.kind != "supervised":
+                pseudo = exp.pseudo_label(index, name, teacher, pool, score=stage.kind == "query")
+            if stage.kind == "query":
+                pool = exp.query(index, name, pool, pseudo)
+            teacher = exp.train(index, name, stage, pool, teacher, pseudo)  # the student becomes the teacher
+        exp.finish()
     distributed.cleanup()
 
 

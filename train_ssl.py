@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from engine import distributed  # noqa: E402
 from engine.pipeline import open_experiment  # noqa: E402
-from engine.run import fail, load_config_or_exit, parse_args  # noqa: E402
+from engine.run import exit_on_input_error, fail, load_config_or_exit, parse_args  # noqa: E402
 
 
 def main() -> None:
@@ -28,20 +28,21 @@ def main() -> None:
         fail("data.labeled_split: train_ssl.py needs the list of labeled images")
     if any(stage.kind == "query" for stage in cfg.stages.values()):
         fail("stages: train_ssl.py does not query labels; use train_al.py for query stages")
-    ctx = distributed.setup(cfg.runtime.device)
-    exp = open_experiment(args, cfg, ctx)  # validates config, data, weights; None after --dry-run
-    if exp is None:
-        return
-    split = exp.initial_pool()  # labeled split: whole images; the rest unlabeled
-    teacher = None
-    for index, (name, stage) in enumerate(cfg.stages.items()):
-        finished = exp.finished_stage(index, name)
-        if finished is not None:
-            split, teacher = finished
-            continue
-        pseudo = None if stage.kind == "supervised" else exp.pseudo_label(index, name, teacher, split, score=False)
-        teacher = exp.train(index, name, stage, split, teacher, pseudo)  # the student becomes the teacher
-    exp.finish()
+    ctx = distributed.setup(cfg.runtime.device, cfg.runtime.dist_timeout_minutes)
+    with exit_on_input_error():  # bad input found mid-run (e.g. an unsafe checkpoint): one error line
+        exp = open_experiment(args, cfg, ctx)  # validates config, data, weights; None after --dry-run
+        if exp is None:
+            return
+        split = exp.initial_pool()  # labeled split: whole images; the rest unlabeled
+        teacher = None
+        for index, (name, stage) in enumerate(cfg.stages.items()):
+            finished = exp.finished_stage(index, name)
+            if finished is not None:
+                split, teacher = finished
+                continue
+            pseudo = None if stage.kind == "supervised" else exp.pseudo_label(index, name, teacher, split, score=False)
+            teacher = exp.train(index, name, stage, split, teacher, pseudo)  # the student becomes the teacher
+        exp.finish()
     distributed.cleanup()
 
 

@@ -96,7 +96,25 @@ def _check_kind(kind: str, value: Any, where: str) -> Any:
         if length is not None and len(value) != length:
             raise ConfigError(f"{where}: expected {length} values, got {len(value)}")
         return [_check_kind(elem, v, where) for v in value]
+    if kind == "intmap":  # {raw int: int}, e.g. data.label_map
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of int -> int, got {type(value).__name__} {value!r}")
+        return {_check_kind("int", k, f"{where} key"): _check_kind("int", v, f"{where} [{k!r}]")
+                for k, v in value.items()}
+    if kind == "rgblist":  # [[r, g, b], ...], each 0..255, e.g. data.palette
+        colours = [_check_kind("int3", v, f"{where} entry {i}")
+                   for i, v in enumerate(_check_kind_list(value, where))]
+        bad = [c for c in colours if not all(0 <= x <= 255 for x in c)]
+        if bad:
+            raise ConfigError(f"{where}: colour values must be in 0..255, got {bad[0]}")
+        return colours
     raise AssertionError(f"unknown schema kind {kind}")
+
+
+def _check_kind_list(value: Any, where: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+    return list(value)
 
 
 STAGE_KINDS = ("supervised", "self_train", "query")
@@ -124,7 +142,15 @@ SCHEMA: dict = {
                        doc="config name of a run whose finished leading stages, if identical, are reused"),
     "deterministic": Field("bool", False, doc="deterministic kernels (fp32 CPU runs are then bit-reproducible)"),
     "data": {
-        "dataset": Field("str", required=True, choices=("camvid", "cityscapes", "synthetic")),
+        "dataset": Field("str", required=True, choices=("camvid", "cityscapes", "synthetic", "folder"),
+                         doc="folder = your own data: <root>/<split>/images + labels, or list files"),
+        "classes": Field("strlist", None, nullable=True,
+                         doc="folder: class names in label-id order (required there, refused elsewhere)"),
+        "ignore_index": Field("int", 255, doc="folder: raw label value that is ignored"),
+        "label_map": Field("intmap", None, nullable=True,
+                           doc="folder: raw label value -> class id (255 = ignore); null: raw value = id"),
+        "palette": Field("rgblist", None, nullable=True,
+                         doc="folder: [r, g, b] per class for prediction pictures; null: project palette"),
         "root": Field("str", required=True, doc="dataset folder"),
         "train_split": Field("str", "train", doc="split name or list file of the training pool"),
         "eval_split": Field("str", "test", doc="split name or list file evaluated after each stage"),
@@ -134,7 +160,16 @@ SCHEMA: dict = {
         "resize": Field("int2", None, nullable=True, doc="[h, w] working resolution; null keeps native size"),
         "crop_size": Field("int2", [360, 480]),
         "scale_range": Field("float2", [0.5, 2.0]),
-        "workers": Field("int", 2, doc="data loader workers per process"),
+        "workers": Field("int", None, nullable=True,
+                         doc="loader worker processes per rank, for training, evaluation, pseudo-labelling "
+                             "and the data scan; null: the CPU cores this process may use divided by the "
+                             "ranks on this node (resolved when the config is loaded, at least 1); "
+                             "0 loads in the main process (debugging)"),
+        "cache_dir": Field("str", "runs/resized_cache", nullable=True,
+                           doc="folder keeping images and labels already resized to data.resize (raw "
+                               "uint8, ~1.9 MB per 688x688 pair), built by the data scan and shared by "
+                               "runs; used only for images that data.resize shrinks; null: decode and "
+                               "resize on every read"),
         "synthetic": {
             "num_train": Field("int", 60), "num_val": Field("int", 20), "num_test": Field("int", 20),
             "height": Field("int", 96), "width": Field("int", 128), "seed": Field("int", 0),
@@ -152,6 +187,7 @@ SCHEMA: dict = {
         "rep_dim": Field("int", 256),
         "dropout": Field("float", 0.1, doc="student noise for MobileNetV2"),
         "stochastic_depth": Field("float", 0.1, doc="student noise for ResNets"),
+        "sync_bn": Field("bool", False, doc="synchronise BatchNorm statistics across ranks (the paper does not say)"),
     },
     "loss": {
         "reco_weight": Field("float", 1.0),
@@ -167,9 +203,16 @@ SCHEMA: dict = {
     "runtime": {
         "device": Field("str", "auto", choices=("auto", "cpu", "cuda")),
         "amp": Field("str", "auto", choices=("auto", "none", "bf16", "fp16"),
-                     doc="auto = bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32"),
+                     doc="auto = bf16 on GPUs of compute capability >= 8.0, fp16 + GradScaler on older "
+                         "GPUs (V100, T4); on CPU bf16 with AMX/AVX512-BF16, else fp32"),
+        "dist_timeout_minutes": Field("float", 60.0,
+                                      doc="collective timeout of the process group: long enough for "
+                                          "rank-0-only work (summaries, panels) while the others wait"),
         "channels_last": Field("bool", True),
-        "checkpoint_every": Field("int", 100, doc="steps between resumable checkpoints"),
+        "checkpoint_minutes": Field("float", 10.0, doc="minutes between resumable checkpoints (rank 0's "
+                                                        "clock, looked at every log_every steps)"),
+        "checkpoint_every": Field("int", None, nullable=True,
+                                  doc="also checkpoint every N steps (null: by time only)"),
         "log_every": Field("int", 10, doc="steps between TensorBoard scalars"),
         "nonfinite": Field("str", "stop", choices=("stop", "skip"),
                            doc="on a NaN/inf loss: stop the run, or skip the step and count it"),
@@ -178,10 +221,19 @@ SCHEMA: dict = {
         "mode": Field("str", "whole", choices=("whole", "slide")),
         "window": Field("int2", [768, 768]), "stride": Field("int2", [512, 512]),
         "flip": Field("bool", False),
-        "batch_size": Field("int", 1, doc="1 keeps per-image results independent of how images are sharded"),
+        "scales": Field("floatlist", [1.0], doc="evaluation scales; softmax averaged over them (and flips)"),
+        "batch_size": Field("int", 1, doc="images per evaluation batch; above 1 is faster on GPUs, and the "
+                                          "mIoU then depends on how ranks shard the images at float "
+                                          "precision only (1: exactly the same in any world size)"),
+        "window_batch": Field("int", 8, doc="crops per forward pass in evaluation and pseudo-labelling: "
+                                            "sliding windows (or whole images, flips included) of the "
+                                            "batch's images; bounds memory"),
     },
     "pseudo": {
         "threshold": Field("float", 0.7), "scales": Field("floatlist", [1.0]), "flip": Field("bool", False),
+        "batch_size": Field("int", 1, doc="images per batch of the pseudo-label / region-scoring pass; "
+                                          "1 keeps every image's scores, and so the queried regions, "
+                                          "identical in any world size"),
     },
     "query": {
         "initial_fraction": Field("float", 0.1, doc="fraction of whole images labeled at the start"),
@@ -190,7 +242,9 @@ SCHEMA: dict = {
         "selection": Field("str", "per_image", choices=("per_image", "global")),
         "regions_per_image": Field("int", 4),
         "budget_pct": Field("float", 2.0, doc="global selection: labeled pixels added per cycle, % of the pool"),
-        "max_void_fraction": Field("float", 0.5, doc="cells with more void than this are never queried"),
+        "oracle": Field("str", "ground_truth", choices=("ground_truth", "human"),
+                        doc="who labels the queried regions: the dataset's labels (the paper's simulation), "
+                            "or a person (the run stops at each query until the labels are written)"),
         "vis_images": Field("int", 4, doc="query panels drawn per cycle"),
     },
     "stage_defaults": {k: v for k, v in STAGE_SCHEMA.items() if k != "kind"},
@@ -364,10 +418,36 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> Config:
         apply_override(tree, assignment, origins)
     cfg = _validate(tree, SCHEMA, origins)
     _check_consistency(cfg, origins)
+    if cfg["data"]["workers"] is None:
+        cfg["data"]["workers"] = auto_workers()
     if cfg["output_dir"] is None:
         cfg["output_dir"] = os.path.join("runs", name)
     cfg["name"] = name
     return Config.wrap(cfg)
+
+
+def auto_workers() -> int:
+    """`data.workers: null`: the CPU cores this process may use (affinity, and a cgroup CPU
+    quota when a container sets one), shared by the LOCAL_WORLD_SIZE ranks torchrun starts on
+    this node; at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, quota)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """Whole CPUs allowed by a cgroup v2 quota ("200000 100000" -> 2), None when unlimited.
+    Containers often see every core of the host in their affinity mask but may use only this."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None  # no cgroup v2 quota file: nothing limits us beyond the affinity mask
+    if quota == "max":
+        return None
+    return max(1, int(quota) // int(period))
 
 
 def _check_consistency(cfg: dict, origins: dict) -> None:
@@ -375,12 +455,15 @@ def _check_consistency(cfg: dict, origins: dict) -> None:
     def fail(key, msg):
         raise ConfigError(f"{key} (from {origins.get(key, origins.get('__file__'))}): {msg}")
 
-    positive = ["data.workers", "eval.batch_size", "loss.num_queries", "loss.num_negatives",
+    positive = ["data.workers", "eval.batch_size", "eval.window_batch", "pseudo.batch_size",
+                "loss.num_queries", "loss.num_negatives",
                 "query.regions_per_image", "runtime.checkpoint_every", "runtime.log_every"]
     for key in positive:
         section, leaf = key.split(".")
-        if cfg[section][leaf] < (0 if leaf == "workers" else 1):
+        if cfg[section][leaf] is not None and cfg[section][leaf] < (0 if leaf == "workers" else 1):
             fail(key, f"must be positive, got {cfg[section][leaf]}")
+    if cfg["runtime"]["checkpoint_minutes"] <= 0:
+        fail("runtime.checkpoint_minutes", f"must be positive, got {cfg['runtime']['checkpoint_minutes']}")
     if not 0 < cfg["query"]["initial_fraction"] <= 1:
         fail("query.initial_fraction", "must be in (0, 1]")
     if cfg["query"]["budget_pct"] <= 0:
@@ -389,11 +472,14 @@ def _check_consistency(cfg: dict, origins: dict) -> None:
         fail("query.region_size", "must be at least 1x1")
     if not 0 <= cfg["pseudo"]["threshold"] <= 1:
         fail("pseudo.threshold", "must be in [0, 1]")
-    if not cfg["pseudo"]["scales"] or min(cfg["pseudo"]["scales"]) <= 0:
-        fail("pseudo.scales", "must be a non-empty list of positive scales")
+    for key in ("pseudo.scales", "eval.scales"):
+        section, leaf = key.split(".")
+        if not cfg[section][leaf] or min(cfg[section][leaf]) <= 0:
+            fail(key, "must be a non-empty list of positive scales")
     lo, hi = cfg["data"]["scale_range"]
     if not 0 < lo <= hi:
         fail("data.scale_range", f"need 0 < min <= max, got {[lo, hi]}")
+    _check_folder_data(cfg["data"], fail)
     for name, stage in cfg["stages"].items():
         for leaf in ("epochs", "iters_per_epoch", "batch_labeled"):
             if stage[leaf] < 1:
@@ -407,6 +493,30 @@ def _check_consistency(cfg: dict, origins: dict) -> None:
             fail(f"stages.{name}.batch_unlabeled", f"a {stage['kind']} stage needs pseudo-labeled images")
     if cfg["stages"] and next(iter(cfg["stages"].values()))["kind"] != "supervised":
         fail("stages", "the first stage must be `supervised` (it trains the first teacher)")
+
+
+def _check_folder_data(data: dict, fail) -> None:
+    """The folder dataset's class settings (the same checks its loader makes, reported with the
+    file they came from); the fixed datasets refuse them rather than ignore them."""
+    from datasets.classes import check_palette
+    from datasets.folder import check_classes, folder_lut
+
+    if data["dataset"] != "folder":
+        for key in ("classes", "label_map", "palette"):
+            if data[key] is not None:
+                fail(f"data.{key}", f"only for data.dataset=folder ({data['dataset']} defines its own)")
+        if data["ignore_index"] != 255:
+            fail("data.ignore_index", f"only for data.dataset=folder ({data['dataset']} defines its own)")
+        return
+    lut_key = "data.ignore_index" if data["label_map"] is None else "data.label_map"
+    checks = [("data.classes", lambda: check_classes(data["classes"])),
+              (lut_key, lambda: folder_lut(len(data["classes"]), data["ignore_index"], data["label_map"])),
+              ("data.palette", lambda: data["palette"] is None or check_palette(data["palette"], len(data["classes"])))]
+    for key, check in checks:
+        try:
+            check()
+        except ValueError as err:
+            fail(key, str(err).removeprefix(f"{key}: "))
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

@@ -3,7 +3,7 @@ pseudo-label the pool, query regions, summarise. train_al.py and train_ssl.py ca
 the paper's order; everything they share lives here."""
 from __future__ import annotations
 
-import os
+import hashlib
 import time
 from pathlib import Path
 
@@ -11,22 +11,21 @@ import numpy as np
 import torch
 
 from datasets import SegmentationView
-from datasets.view import ViewItem
 from engine import data as data_utils
 from engine import distributed as dist_utils
-from engine import faults
+from engine import faults, oracle
 from engine.config import ConfigError, dump_config
-from engine.inference import resolve_amp
+from engine.precision import configure_backends, resolve_amp
 from engine.io import atomic_write_npz, atomic_write_png
 from engine.logger import RunLogger
 from engine.optim import make_model
-from engine.run import RunDirectory, check_output_dir, describe_device, read_stage_record
+from engine.run import RunDirectory, check_output_dir, describe_device, read_stage_record, with_query_stats
 from engine.stages import (copy_finished_stage, fresh_model, load_scan, load_weights, reusable_stages,
                            save_scan, scan_source, train_and_evaluate, transfer_weights)
 from models.availability import check_pretrained, pretrained_status
 from query import scoring
 from query.pool import LabelPool, RegionGrid
-from query.pseudo import pseudo_label_file, pseudo_label_pass
+from engine.pseudo import pseudo_label_pass
 from query.visualize import query_panel
 
 
@@ -36,13 +35,8 @@ class Experiment:
     # ------------------------------------------------------------------ validation (nothing written)
     def __init__(self, cfg, ctx, *, dry_run: bool, overwrite: bool, overrides=()):
         self.cfg, self.ctx, self.dry_run, self.overwrite = cfg, ctx, dry_run, overwrite
-        self.amp = resolve_amp(cfg.runtime.amp, ctx.device)
-        if cfg.deterministic:
-            # CPU fp32 runs are then bit-reproducible. Some CUDA kernels (bilinear upsampling's
-            # backward) have no deterministic version: on CUDA torch warns about them instead.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=ctx.device.type == "cuda")
-            torch.backends.cudnn.benchmark = False
+        self.amp, self.amp_reason = resolve_amp(cfg.runtime.amp, ctx.device)  # mode string + why
+        configure_backends(ctx.device, cfg.deterministic)
         if cfg.data.dataset != "synthetic":
             data_utils.prepare_data_root(cfg)  # real data: only checks that the root exists
         elif not dry_run and ctx.is_main:
@@ -102,7 +96,8 @@ class Experiment:
         model = make_model(cfg, self._num_classes(), rep_head=True, noise=False, pretrained="none")
         params = sum(p.numel() for p in model.parameters())
         lines = [f"config: {cfg.name}", f"output_dir: {cfg.output_dir}",
-                 f"device: {self.ctx.device} (amp: {self.amp}), world size {self.ctx.world_size}",
+                 f"device: {self.ctx.device}, world size {self.ctx.world_size}",
+                 f"amp: {self.amp_reason}",
                  f"model: DeepLabv3+ {cfg.model.backbone} OS{cfg.model.output_stride}, {params / 1e6:.2f}M parameters",
                  f"pretrained {cfg.model.pretrained!r}: {self.weights_note['message']}"]
         if self.pool_src is None:
@@ -111,7 +106,7 @@ class Experiment:
             lines.append(f"data: {cfg.data.dataset} train pool {len(self.pool_src)} images "
                          f"({self.grid.height}x{self.grid.width}), eval '{cfg.data.eval_split}' {len(self.eval_src)} images")
             labeled = len(self.labeled_ids) if self.labeled_ids is not None else round(cfg.query.initial_fraction * len(self.pool_src))
-            lines.append(f"initial labeled images: {labeled}; regions {self.grid.shape} of {list(self.grid.region)} px")
+            lines.append(f"initial labeled images: {labeled}; {self._grid_note()}")
         for i, (name, s) in enumerate(cfg.stages.items()):
             reuse = ""
             if name in self.reusable:
@@ -121,6 +116,18 @@ class Experiment:
                          f"{s.epochs * s.iters_per_epoch} steps, batch {s.batch_labeled}+{s.batch_unlabeled}, "
                          f"ReCo {s.reco}, init {s.init}, noise {s.noise}{reuse}")
         return "\n".join(lines)
+
+    def _grid_note(self) -> str:
+        """The region grid and what one query adds, so a wrong image size shows before a run."""
+        gh, gw = self.grid.shape
+        cell = 100.0 * self.grid.region[0] * self.grid.region[1] / (self.grid.height * self.grid.width)
+        note = f"region grid {gh}x{gw} of {self.grid.region[0]}x{self.grid.region[1]} px ({cell:.3f}% of an image)"
+        q = self.cfg.query
+        if self.has_queries and q.selection == "per_image":
+            note += f"; {q.regions_per_image} regions per query = {q.regions_per_image * cell:.2f}% of an unlabeled image"
+        elif self.has_queries:
+            note += f"; {q.budget_pct:g}% of the pool's pixels per query"
+        return note
 
     def _num_classes(self) -> int:
         return self.pool_src.num_classes if self.pool_src is not None else 11
@@ -147,6 +154,7 @@ class Experiment:
         self.logger.log(self.describe())
         self.device_name = describe_device(ctx)
         self.records: list[dict] = []
+        self.query_stats: dict[int, dict] = {}  # stage index -> class pixels revealed by its query
 
     def initial_pool(self) -> LabelPool:
         """The labeled pool before any stage (drawn, or read from data.labeled_split)."""
@@ -177,6 +185,9 @@ class Experiment:
             dist_utils.barrier(self.ctx)
         if not RunDirectory.stage_done(stage_dir):
             return None
+        if source_dir is not None and self.ctx.is_main:
+            oracle.copy_human_labels(source_dir, stage_dir)  # no-op unless reused with human labels
+        dist_utils.barrier(self.ctx)
         record = read_stage_record(stage_dir)
         self.records.append(record)
         self.logger.log(f"[{name}] already finished: mIoU {record['miou']:.2f}")
@@ -212,10 +223,32 @@ class Experiment:
 
     # ------------------------------------------------------------------ query
     def query(self, index: int, name: str, pool: LabelPool, scored: dict) -> LabelPool:
-        """Select regions from the gathered scores (identical on every rank) and reveal them."""
+        """Select regions (from the model's scores and the pool only), reveal them through the
+        oracle (ground truth, or a human annotator: this may stop the run until the labels are
+        there) and count what they hold."""
+        q = self.cfg.query
+        new, budget = self._select(index, pool, scored)
+        faults.reached("before_reveal")
+        if q.oracle == "human" and new.any():  # nothing selected: nothing to ask anyone
+            oracle.reveal_by_human(stage_dir=self.run.stage_dir(index, name), stage=name,
+                                   earlier_dirs=self._stage_dirs(index), src=self.pool_src, pool=pool,
+                                   new=new, ctx=self.ctx, logger=self.logger)
+        next_pool = pool.reveal(new, budget)
+        next_pool.check_grows_from(pool)
+        self._query_panels(index, name, pool, new, scored)
+        stats = oracle.class_pixels(self.pool_src, next_pool, new, self.human_labels(index + 1), self.ctx)
+        self.query_stats[index] = stats
+        self._log_class_pixels(index, stats)
+        pct = self.labeled_pct(next_pool)
+        self.logger.log(f"[{name}] queried {int(new.sum())} regions ({q.strategy}, {q.selection}, oracle "
+                        f"{q.oracle}); labeled pixels {self.labeled_pct(pool):.2f}% -> {pct:.2f}%")
+        return next_pool
+
+    def _select(self, index: int, pool: LabelPool, scored: dict) -> tuple[np.ndarray, int]:
+        """(new cells, budget). Only the scores and the pool decide — never the labels of unlabeled
+        images, which a real query step does not have. Identical on every rank (gathered scores)."""
         q, n = self.cfg.query, len(pool)
-        void = 1.0 - self.valid_counts / self.grid.cell_areas
-        eligible = scoring.eligible_cells(pool.cells, void, q.max_void_fraction) & scored["has_scores"][:, None, None]
+        eligible = scoring.eligible_cells(pool.cells, scored["has_scores"])
         if q.selection == "per_image":
             k, total, budget = q.regions_per_image, None, q.regions_per_image * n
         else:
@@ -228,14 +261,21 @@ class Experiment:
             new = scoring.select_topk_per_image(scored["scores"], eligible, k)
         else:
             new = scoring.select_topk_global(scored["scores"], eligible, total)
-        faults.reached("before_reveal")
-        next_pool = pool.reveal(new, budget)
-        next_pool.check_grows_from(pool)
-        self._query_panels(index, name, pool, new, scored)
-        pct = self.labeled_pct(next_pool)
-        self.logger.log(f"[{name}] queried {int(new.sum())} regions ({q.strategy}, {q.selection}); "
-                        f"labeled pixels {self.labeled_pct(pool):.2f}% -> {pct:.2f}%")
-        return next_pool
+        return new, budget
+
+    def _stage_dirs(self, count: int) -> list[Path]:
+        """The folders of the first `count` stages, in order."""
+        return [self.run.stage_dir(i, name) for i, name in enumerate(list(self.cfg.stages)[:count])]
+
+    def human_labels(self, count: int) -> dict[int, str]:
+        """{image index: newest human-label PNG} after the first `count` stages."""
+        return oracle.human_label_paths(self._stage_dirs(count), self.pool_src.ids)
+
+    def _log_class_pixels(self, index: int, stats: dict) -> None:
+        """TensorBoard: each class's share (%) of the revealed and of the pool's labeled pixels."""
+        for key, tag in (("queried_class_pixels", "revealed"), ("pool_class_pixels", "pool")):
+            total = max(sum(stats[key].values()), 1)
+            self.logger.scalars({f"query_{tag}_pct/{c}": 100.0 * v / total for c, v in stats[key].items()}, index)
 
     def _query_panels(self, index, name, pool, new, scored) -> None:
         if not self.ctx.is_main:
@@ -250,22 +290,10 @@ class Experiment:
             self.logger.image(f"{name}/query_{self.pool_src.ids[i]}", panel, index)
 
     # ------------------------------------------------------------------ training
-    def views(self, pool: LabelPool, pseudo_dir: Path | None):
-        """Labeled view (weak aug): fully labeled images, plus — when there are no pseudo labels —
-        the revealed regions of partially labeled ones. Pseudo view (strong aug): every other image,
-        ground truth in its revealed regions and the teacher's confident labels elsewhere."""
-        full = set(pool.fully_labeled())
-        labeled, pseudo = [], []
-        for i in range(len(pool)):
-            cells = pool.cells[i]
-            if i in full:
-                labeled.append(ViewItem(i, "all", None))
-            elif pseudo_dir is None:
-                if cells.any():
-                    labeled.append(ViewItem(i, cells.copy(), None))
-            else:
-                path = str(pseudo_label_file(pseudo_dir, self.pool_src.ids[i]))
-                pseudo.append(ViewItem(i, cells.copy() if cells.any() else None, path))
+    def views(self, pool: LabelPool, pseudo_dir: Path | None, human_paths: dict[int, str]):
+        """Labeled view (weak aug) and pseudo view (strong aug; None without pseudo labels); which
+        image goes where, and where its revealed labels come from: `oracle.view_items`."""
+        labeled, pseudo = oracle.view_items(pool, self.pool_src.ids, pseudo_dir, human_paths)
         region = self.grid.region
         weak = SegmentationView(self.pool_src, labeled, data_utils.weak_aug(self.cfg), region_size=region)
         strong = SegmentationView(self.pool_src, pseudo, data_utils.strong_aug(self.cfg), region_size=region) \
@@ -282,18 +310,31 @@ class Experiment:
         # whether earlier stages ran in this process or were loaded after a restart.
         seed_everything(self.cfg.seed * 100 + index)
         model = fresh_model(self.cfg, stage, self.pool_src.num_classes, teacher_state)
-        labeled_view, pseudo_view = self.views(pool, stage_dir / "pseudo" if pseudo is not None else None)
+        labeled_view, pseudo_view = self.views(pool, stage_dir / "pseudo" if pseudo is not None else None,
+                                               self.human_labels(index + 1))
         extra = {"pool": {"labeled_pixel_pct": self.labeled_pct(pool),
                           "labeled_valid_pixel_pct": 100.0 * pool.labeled_valid_pixel_fraction(self.valid_counts),
-                          "history": pool.history}}
+                          "history": pool.history},
+                 "pool_sha256_per_rank": self._check_pools_agree(pool, name),
+                 **self.query_stats.get(index, {})}  # query stages: queried / pool class pixels
         record = train_and_evaluate(cfg=self.cfg, ctx=self.ctx, run=self.run, logger=self.logger, index=index,
                                     name=name, stage=stage, model=model, labeled_view=labeled_view,
                                     unlabeled_view=pseudo_view, eval_src=self.eval_src, amp=self.amp,
                                     labeled_pct=self.labeled_pct(pool), extra_metrics=extra,
                                     extra_wall_s=pseudo["seconds"] if pseudo else 0.0)
+        record = with_query_stats(record, extra)  # as read back from metrics.json after a restart
         self.records.append(record)
         self.write_summary(finished=False)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def _check_pools_agree(self, pool: LabelPool, name: str) -> list[str]:
+        """Every rank must train on the same pool: identical weights after DDP's averaged
+        gradients would not show a rank that trained on other labels."""
+        digest = hashlib.sha256(np.packbits(pool.cells).tobytes() + "\n".join(pool.ids).encode()).hexdigest()
+        digests = dist_utils.all_gather_objects(digest, self.ctx)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"stage {name!r}: ranks hold different label pools: {digests}")
+        return digests
 
     # ------------------------------------------------------------------ summary
     def write_summary(self, finished: bool) -> None:

@@ -10,10 +10,12 @@ runs/<config name>/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -22,7 +24,14 @@ from engine.config import ConfigError, load_config, save_config
 from engine.io import atomic_write_json, read_json, remove_stale_temporaries
 
 # Keys that change how a run is executed, not what it computes: resuming with other values is fine.
-_EXECUTION_ONLY = {("data", "workers"), ("runtime", "log_every"), ("runtime", "checkpoint_every")}
+_EXECUTION_ONLY = {("data", "workers"), ("runtime", "log_every"), ("runtime", "checkpoint_every"),
+                   ("runtime", "checkpoint_minutes"),
+                   ("runtime", "dist_timeout_minutes"), ("data", "cache_dir"), ("eval", "window_batch")}
+
+
+class RunInputError(ValueError):
+    """Bad input discovered after the run started (an unsafe checkpoint, a bad annotation file, ...):
+    the scripts report it as one `error:` line, like bad input found before the start."""
 
 
 def parse_args(description: str) -> argparse.Namespace:
@@ -34,7 +43,7 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true",
                         help="delete an existing run directory made with a different config")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
-    return parser.parse_args()
+    return parser.parse_intermixed_args()  # options and key=value overrides in any order
 
 
 def load_config_or_exit(args):
@@ -50,7 +59,18 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def _comparable(cfg_dict: dict) -> dict:
+@contextlib.contextmanager
+def exit_on_input_error() -> Iterator[None]:
+    """Around a script's stage loop: a RunInputError becomes `fail(message)` (one `error:` line,
+    exit code 2) instead of a traceback. Any other exception is a bug and keeps its traceback."""
+    try:
+        yield
+    except RunInputError as err:
+        fail(str(err))
+
+
+def comparable_config(cfg_dict: dict) -> dict:
+    """The config without the execution-only keys (they may differ between runs that share results)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg_dict.items()}
     for section, key in _EXECUTION_ONLY:
         out.get(section, {}).pop(key, None)
@@ -77,7 +97,7 @@ def check_output_dir(cfg, overwrite: bool) -> None:
         if saved.is_file():
             with open(saved) as f:
                 previous = yaml.safe_load(f)
-            diffs = _differences(_comparable(previous), _comparable(cfg.to_dict()))
+            diffs = _differences(comparable_config(previous), comparable_config(cfg.to_dict()))
             if diffs:
                 raise ConfigError(f"output_dir {root} holds a run with a different config "
                                   f"({'; '.join(diffs[:5])}); pass --overwrite to replace it or "
@@ -140,10 +160,27 @@ def describe_device(ctx) -> str:
     return f"CPU {cpu} ({os.cpu_count()} cores) x{ctx.world_size}"
 
 
-def stage_record(name: str, stage, metrics: dict, labeled_pct: float, wall_time: float) -> dict:
+def stage_record(name: str, stage, metrics: dict, labeled_pct: float, wall_time: float,
+                 evals: list[dict] = ()) -> dict:
+    """A stage's line in summary.json. `miou` is the FINAL model's (what the next stage starts
+    from and what we compare with the paper); `best` is the best of every evaluation of the stage
+    (`eval_every` ones and the final one), with its step, for readers who report best-of-run."""
+    total = stage.epochs * stage.iters_per_epoch
+    best = max([*evals, {"step": total, "miou": metrics["miou"]}], key=lambda e: e["miou"])
     return {"name": name, "kind": stage.kind, "epochs": stage.epochs, "labeled_pixel_pct": labeled_pct,
-            "miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"], "wall_time_s": wall_time}
+            "miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"], "wall_time_s": wall_time,
+            "best": {"miou": best["miou"], "step": best["step"], "of_steps": total}}
+
+
+QUERY_STATS = ("queried_class_pixels", "pool_class_pixels")  # {class name or "void": pixels}
+
+
+def with_query_stats(record: dict, metrics: dict) -> dict:
+    """A query stage's record also carries what its query revealed, per class (kept beside the
+    record in metrics.json: `metrics` is that file's content, or what it is written from)."""
+    return {**record, **{key: metrics[key] for key in QUERY_STATS if key in metrics}}
 
 
 def read_stage_record(stage_dir: Path) -> dict:
-    return read_json(stage_dir / "metrics.json")["record"]
+    metrics = read_json(stage_dir / "metrics.json")
+    return with_query_stats(metrics["record"], metrics)

@@ -13,13 +13,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine import checkpoint as ckpt
 from engine import distributed as dist_utils
+from engine import faults
 from engine.config import ConfigError, load_config
 from engine.evaluate import evaluate
 from engine.inference import predict_probs
 from engine.io import atomic_write_json, atomic_write_npz
 from engine.logger import colorize
 from engine.optim import make_model
-from engine.run import RunDirectory, stage_record
+from engine.run import RunDirectory, comparable_config, stage_record
 from engine.trainer import train_phase
 
 IGNORE = 255
@@ -53,9 +54,10 @@ class _ScanDataset(Dataset):
         return i, self.grid.cell_sums(valid).astype(np.int64), None
 
 
-def scan_source(src, grid, ctx, workers: int = 2) -> np.ndarray:
+def scan_source(src, grid, ctx, workers: int) -> np.ndarray:
     """(N, gh, gw) valid-pixel counts per cell ((N, 1, 1) without a grid), checking every file.
-    Each rank scans its shard; the result is gathered so every rank holds all of it."""
+    Each rank scans its shard; the result is gathered so every rank holds all of it. Reading
+    through the source also fills its resized-image cache (data.cache_dir), once, in parallel."""
     mine = dist_utils.shard(list(range(len(src))), ctx)
     loader = DataLoader(torch.utils.data.Subset(_ScanDataset(src, grid), mine), batch_size=None,
                         num_workers=workers)
@@ -133,6 +135,7 @@ def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name:
                              labeled_view=labeled_view, unlabeled_view=unlabeled_view,
                              stage_dir=stage_dir, logger=logger, seed=cfg.seed * 100 + index,
                              evaluate_fn=eval_fn)
+    faults.perturb_rank(model, ctx.rank)  # test hook (S4AL_PERTURB_RANK); no-op otherwise
     rank_digests = check_ranks_agree(model, ctx, name)
     if ctx.is_main:
         ckpt.save_verified({"model": model.state_dict()}, stage_dir / "weights.pth")
@@ -141,7 +144,7 @@ def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name:
     log_prediction_panel(model, eval_src, ctx, logger, amp, cfg, tag=f"{name}/prediction", step=index)
     # Training time survives kills (it is kept in the checkpoints); add this evaluation's time.
     wall = train_info["train_time_s"] + (time.time() - eval_started) + extra_wall_s
-    record = stage_record(name, stage, metrics, labeled_pct, wall)
+    record = stage_record(name, stage, metrics, labeled_pct, wall, evals=train_info["evals"])
     logger.scalars({"summary/miou": metrics["miou"], "summary/labeled_pixel_pct": labeled_pct,
                     **{f"iou/{c}": v for c, v in metrics["per_class_iou"].items()}}, index)
     logger.log(f"[{name}] mIoU {metrics['miou']:.2f}  labeled pixels {labeled_pct:.2f}%")
@@ -175,22 +178,25 @@ def check_ranks_agree(model, ctx, stage_name: str) -> list[str]:
 
 @torch.no_grad()
 def log_prediction_panel(model, src, ctx, logger, amp, cfg, tag: str, step: int, count: int = 3) -> None:
-    """TensorBoard panel: input | prediction | ground truth for the first few eval images."""
+    """TensorBoard panel: input | prediction | ground truth for the first `count` eval images.
+    Rank 0 alone predicts them again while the other ranks wait at the stage's next barrier, so
+    the work is kept small: `count` images, one scale, no flip, windows batched as in evaluation."""
     if not ctx.is_main:
         return
     from datasets import full_view
-    from datasets.transforms import denormalize
+    from datasets.transforms import image_to_hwc, normalize_images
     from engine.data import eval_transform
     model.eval()
     view = full_view(src, eval_transform())
     rows = []
     for i in range(min(count, len(view))):
         sample = view[i]
-        prob = predict_probs(model, sample["image"][None].to(ctx.device), num_classes=src.num_classes,
-                             mode=cfg.eval.mode, window=cfg.eval.window, stride=cfg.eval.stride, amp=amp)
+        prob = predict_probs(model, normalize_images(sample["image"][None].to(ctx.device)), num_classes=src.num_classes,
+                             mode=cfg.eval.mode, window=cfg.eval.window, stride=cfg.eval.stride, amp=amp,
+                             channels_last=cfg.runtime.channels_last, window_batch=cfg.eval.window_batch)
         pred = prob.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        rows.append(np.concatenate([denormalize(sample["image"]), colorize(pred),
-                                    colorize(sample["label"].numpy().astype(np.uint8))], axis=1))
+        rows.append(np.concatenate([image_to_hwc(sample["image"]), colorize(pred, src.palette),
+                                    colorize(sample["label"].numpy(), src.palette)], axis=1))
     logger.image(tag, np.concatenate(rows, axis=0), step)
 
 
@@ -201,7 +207,7 @@ def _without(cfg_dict: dict, keys) -> dict:
 
 # Query settings that only matter once a query stage runs: a run whose shared prefix has no
 # query stage may reuse it even if these differ (e.g. the random-query baseline).
-_QUERY_ONLY = ("strategy", "selection", "regions_per_image", "budget_pct", "vis_images")
+_QUERY_ONLY = ("strategy", "selection", "regions_per_image", "budget_pct", "vis_images", "oracle")
 
 
 def reusable_stages(cfg, overrides=()) -> tuple[Path | None, list[str]]:
@@ -225,7 +231,7 @@ def reusable_stages(cfg, overrides=()) -> tuple[Path | None, list[str]]:
     ignore = ("stages", "output_dir", "init_from", "name")
 
     def setup(c):  # everything outside `stages` that a stage before the first query depends on
-        d = _without(c.to_dict(), ignore)
+        d = _without(comparable_config(c.to_dict()), ignore)  # execution-only keys may differ
         d["query"] = _without(d["query"], _QUERY_ONLY)
         return d
 

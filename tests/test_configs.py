@@ -39,7 +39,12 @@ def fake_roots(tmp_path_factory):
         for rel, data in ((img, enc_i), (lab, enc_l)):
             (city / rel).parent.mkdir(parents=True, exist_ok=True)
             (city / rel).write_bytes(data.tobytes())
-    return {"camvid": camvid, "cityscapes": city}
+    own = root / "folder"
+    for split in ("train", "val"):
+        for i in range(10):
+            _png(own / split / "images" / f"{i:04d}.png", np.zeros((360, 480, 3), np.uint8))
+            _png(own / split / "labels" / f"{i:04d}.png", np.zeros((360, 480), np.uint8))
+    return {"camvid": camvid, "cityscapes": city, "folder": own}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -96,3 +101,20 @@ def test_table_s1_rows_match_the_paper():
         for s in cfg.stages.values():
             assert s.epochs == 240 and s.iters_per_epoch == iters and s.reco
         assert all((s.batch_labeled, s.batch_unlabeled) == (2, 3) for s in students)
+
+
+@pytest.mark.parametrize("config", ["table1/camvid/row5", "equal/camvid_r50", "supervised/camvid_full"])
+def test_camvid_configs_work_at_the_papers_resolution_whatever_the_copy(tmp_path, config):
+    """The 720x960 CamVid original must not silently become a 24x32 region grid: the CamVid
+    configs resize to 360x480 (a no-op on the SegNet release), so the grid is the paper's 12x16."""
+    from engine.data import source
+    from query.pool import RegionGrid
+    for i in range(2):
+        _png(tmp_path / "train" / f"f{i}.png", np.zeros((720, 960, 3), np.uint8))
+        _png(tmp_path / "trainannot" / f"f{i}.png", np.zeros((720, 960), np.uint8))
+    cfg = load_config(config, [f"data.root={tmp_path}", "data.cache_dir=null"])
+    assert cfg.data.resize == [360, 480]
+    src = source(cfg, "train")
+    image, label = src.read(0)
+    assert image.shape == (360, 480, 3) and label.shape == (360, 480)
+    assert RegionGrid(*src.image_size(0), tuple(cfg.query.region_size)).shape == (12, 16)

@@ -9,7 +9,7 @@ from engine.distributed import DistContext
 from engine.evaluate import confusion_matrix, iou_from_confusion, miou_from_confusion
 from engine.inference import predict_probs
 from engine.optim import poly_lr
-from query.pseudo import pseudo_labels
+from engine.pseudo import pseudo_labels
 
 
 def test_poly_schedule_values():
@@ -41,8 +41,7 @@ def test_miou_on_a_hand_made_confusion_matrix():
 
 
 class PointwiseNet(torch.nn.Module):
-    """A 1x1 conv: its output at a pixel depends on that pixel only, so sliding-window and
-    whole-image inference must agree exactly, and flipping commutes with it."""
+    """A 1x1 conv. Sliding windows, flips and batched images: tests/test_inference.py."""
 
     def __init__(self):
         super().__init__()
@@ -51,17 +50,6 @@ class PointwiseNet(torch.nn.Module):
 
     def forward(self, x):
         return self.conv(x)
-
-
-def test_sliding_window_equals_whole_image_for_a_pointwise_model():
-    net = PointwiseNet().eval()
-    x = torch.randn(1, 3, 37, 53)
-    whole = predict_probs(net, x, num_classes=5)
-    slide = predict_probs(net, x, num_classes=5, mode="slide", window=(16, 24), stride=(10, 14))
-    padded_window = predict_probs(net, x, num_classes=5, mode="slide", window=(64, 64), stride=(32, 32))
-    assert torch.allclose(whole, slide, atol=1e-6) and torch.allclose(whole, padded_window, atol=1e-6)
-    assert torch.allclose(whole, predict_probs(net, x, num_classes=5, flip=True), atol=1e-6)
-    assert torch.allclose(whole, net(x).softmax(1), atol=1e-6)
 
 
 def test_multi_scale_averages_softmax_over_scales():
@@ -112,3 +100,16 @@ def test_checkpoint_corruption_is_detected_and_the_previous_one_used(tmp_path):
     assert len(warnings) == 1 and str(newest) in warnings[0] and "checksum" in warnings[0]
     with pytest.raises(ckpt.CorruptCheckpoint, match="step_00000030"):
         ckpt.load_verified(newest)
+
+
+def test_stage_record_keeps_the_final_miou_and_the_best_evaluation_with_its_step():
+    from engine.config import Config
+    from engine.run import stage_record
+    stage = Config.wrap({"kind": "supervised", "epochs": 3, "iters_per_epoch": 10})
+    metrics = {"miou": 50.0, "per_class_iou": {"a": 50.0}}
+    record = stage_record("teacher", stage, metrics, 10.0, 1.0,
+                          evals=[{"step": 10, "miou": 40.0}, {"step": 20, "miou": 55.0}])
+    assert record["miou"] == 50.0  # what the paper comparison uses: the final model
+    assert record["best"] == {"miou": 55.0, "step": 20, "of_steps": 30}
+    # No evaluation during training: the best is the final one, at the last step.
+    assert stage_record("teacher", stage, metrics, 10.0, 1.0)["best"] == {"miou": 50.0, "step": 30, "of_steps": 30}
