@@ -179,6 +179,7 @@ class Experiment:
         stage_dir = self.run.stage_dir(index, name)
         source_dir = self.reuse_source(index, name) if name in self.reusable else None
         if not RunDirectory.stage_done(stage_dir) and source_dir is not None and RunDirectory.stage_done(source_dir):
+            load_weights(source_dir / "weights.pth")  # an unsafe or damaged file is named where it is, never copied
             if self.ctx.is_main:
                 copy_finished_stage(source_dir, stage_dir)
                 self.logger.log(f"[{name}] reused from {source_dir}")

@@ -157,9 +157,10 @@ def test_script_refuses_crafted_weights_reused_through_init_from(al_run, tmp_pat
     source_cfg, source = _copy_run(al_run, tmp_path, "source")
     plant_crafted(source / "00_teacher" / "weights.pth", tmp_path / "ran")
     cfg = write_config(tmp_path, "reuser", tmp_path / "reuser", al_run["data"], extra=f"init_from: {source_cfg}\n")
-    # The stage folder is copied into the new run, then its weights are loaded (and refused).
-    _assert_refused(run_script("train_al.py", cfg), tmp_path / "reuser" / "00_teacher" / "weights.pth",
-                    tmp_path / "ran")
+    # The source's weights are checked before its stage folder is copied: the error names the
+    # source file, and nothing of it reaches the new run.
+    _assert_refused(run_script("train_al.py", cfg), source / "00_teacher" / "weights.pth", tmp_path / "ran")
+    assert not (tmp_path / "reuser" / "00_teacher").exists()
 
 
 @pytest.mark.slow
