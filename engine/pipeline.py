@@ -107,6 +107,9 @@ class Experiment:
                          f"({self.grid.height}x{self.grid.width}), eval '{cfg.data.eval_split}' {len(self.eval_src)} images")
             labeled = len(self.labeled_ids) if self.labeled_ids is not None else round(cfg.query.initial_fraction * len(self.pool_src))
             lines.append(f"initial labeled images: {labeled}; {self._grid_note()}")
+            if self.pool_src.cache is not None:
+                lines.append(f"resized-image cache (data.cache_dir): {self.pool_src.cache.folder} "
+                             f"(images the working size shrinks)")
         for i, (name, s) in enumerate(cfg.stages.items()):
             reuse = ""
             if name in self.reusable:
