@@ -64,6 +64,12 @@ def atomic_write_npz(path, **arrays) -> None:
         np.savez(f, **arrays)
 
 
+def flat_name(image_id: str) -> str:
+    """An image id as one file-name component ('aachen/aachen_000000' -> 'aachen__aachen_000000':
+    Cityscapes ids contain '/'). Every per-image file of a run is named with it."""
+    return image_id.replace("/", "__")
+
+
 def read_json(path) -> dict:
     with open(path) as f:
         return json.load(f)

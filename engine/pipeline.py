@@ -16,16 +16,16 @@ from engine import distributed as dist_utils
 from engine import faults, oracle
 from engine.config import ConfigError, dump_config
 from engine.precision import configure_backends, resolve_amp
-from engine.io import atomic_write_npz, atomic_write_png
+from engine.io import atomic_write_npz, atomic_write_png, flat_name
 from engine.logger import RunLogger
 from engine.optim import make_model
+from engine.pseudo import pseudo_label_pass
 from engine.run import RunDirectory, check_output_dir, describe_device, read_stage_record, with_query_stats
 from engine.stages import (copy_finished_stage, fresh_model, load_scan, load_weights, reusable_stages,
                            save_scan, scan_source, train_and_evaluate, transfer_weights)
 from models.availability import check_pretrained, pretrained_status
 from query import scoring
 from query.pool import LabelPool, RegionGrid
-from engine.pseudo import pseudo_label_pass
 from query.visualize import query_panel
 
 
@@ -290,7 +290,7 @@ class Experiment:
             image, _ = self.pool_src.read(i)
             panel = query_panel(image, entropy.astype(np.float32), self.grid, pool.cells[i], new[i],
                                 entropy_max=max_entropy)
-            atomic_write_png(folder / f"{self.pool_src.ids[i].replace('/', '__')}.png", panel)
+            atomic_write_png(folder / f"{flat_name(self.pool_src.ids[i])}.png", panel)
             self.logger.image(f"{name}/query_{self.pool_src.ids[i]}", panel, index)
 
     # ------------------------------------------------------------------ training

@@ -17,14 +17,14 @@ from engine import distributed as dist_utils
 from engine import faults
 from engine.data import eval_transform, ordered_loader
 from engine.inference import config_settings, predict_loader
-from engine.io import atomic_write_png
+from engine.io import atomic_write_png, flat_name
 from query.scoring import pixel_entropy, region_scores
 
 IGNORE = 255
 
 
 def pseudo_label_file(folder: Path, image_id: str) -> Path:
-    return Path(folder) / (image_id.replace("/", "__") + ".png")
+    return Path(folder) / (flat_name(image_id) + ".png")
 
 
 def pseudo_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:

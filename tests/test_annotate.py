@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from query.annotate import (AnnotationError, Task, cumulative, read_annotations, write_label_folder,
+from engine.annotate import (AnnotationError, Task, cumulative, read_annotations, write_label_folder,
                             write_task)
 
 

@@ -1,6 +1,6 @@
 """Files exchanged with a human annotator (`query.oracle: human`): the task a query stage writes,
-and the checked import of the labels the annotator wrote back. Pure file logic (no engine, no
-ranks): the engine decides when to call what.
+and the checked import of the labels the annotator wrote back. Pure file logic (no ranks):
+engine/oracle.py decides when to call what.
 
 The task folder (`<run>/<NN_stage>/annotate/`):
 
@@ -18,10 +18,10 @@ The task folder (`<run>/<NN_stage>/annotate/`):
 The imported labels (`<run>/<NN_stage>/human_labels/`): one PNG of class ids per image, 255 outside
 the cells a human labeled (cumulative over query stages), plus a copy of selection.npz. The folder
 is written under a temporary name and renamed: its presence means the import is complete.
+It lives in the engine beside the oracle that calls it: `query/` keeps only selection logic.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from engine.io import atomic_write_npz, atomic_write_png, atomic_write_text, flat_name
 
 MANIFEST = "manifest.json"
 SELECTION = "selection.npz"
@@ -42,8 +44,8 @@ class AnnotationError(ValueError):
 
 
 def file_name(image_id: str) -> str:
-    """Flat file name of an image id (Cityscapes ids contain '/')."""
-    return image_id.replace("/", "__") + ".png"
+    """PNG file name of an image id (Cityscapes ids contain '/')."""
+    return flat_name(image_id) + ".png"
 
 
 @dataclass
@@ -54,42 +56,6 @@ class Task:
     image: np.ndarray       # (H, W, 3) uint8 at the run's working resolution
     regions: np.ndarray     # (H, W) bool: the pixels to label
     preview: np.ndarray     # (H, W, 3) uint8 overlay for people
-
-
-# ----------------------------------------------------------------------------- small file writers
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Temporary name (the engine's `.name.tmp-PID` pattern, cleaned at start), fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _png_bytes(array: np.ndarray, path: Path) -> bytes:
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array))
-    if not ok:
-        raise OSError(f"could not encode PNG for {path}")
-    return buf.tobytes()
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """uint8 (H, W) or RGB (H, W, 3) -> PNG, atomically."""
-    _write_bytes(Path(path), _png_bytes(array, Path(path)))
-
-
-def _write_selection(path: Path, ids: list[str], cells: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, ids=np.array(ids, dtype=np.str_), cells=cells)
-    _write_bytes(path, buf.getvalue())
 
 
 def read_selection(path: Path) -> tuple[list[str], np.ndarray]:
@@ -109,18 +75,18 @@ def write_task(folder: Path, stage: str, classes: list[str], tasks: list[Task], 
     items = []
     for task in tasks:
         name = file_name(task.id)
-        write_png(folder / "regions" / name, task.regions.astype(np.uint8) * 255)
-        write_png(folder / "preview" / name, task.preview)
+        atomic_write_png(folder / "regions" / name, task.regions.astype(np.uint8) * 255)
+        atomic_write_png(folder / "preview" / name, task.preview)
         image = task.image_path
         if image is None:
-            write_png(folder / "images" / name, task.image)
+            atomic_write_png(folder / "images" / name, task.image)
             image = f"images/{name}"
         items.append({"id": task.id, "image": str(image), "regions": f"regions/{name}",
                       "label": f"labels/{name}"})
     (folder / "labels").mkdir(parents=True, exist_ok=True)
-    _write_selection(folder / SELECTION, ids, selection)
+    atomic_write_npz(folder / SELECTION, ids=np.array(ids, dtype=np.str_), cells=selection)
     manifest = {"stage": stage, "classes": list(classes), "ignore_index": IGNORE_INDEX, "items": items}
-    _write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return folder / MANIFEST
 
 
@@ -206,7 +172,7 @@ def write_label_folder(folder: Path, labels: dict[str, np.ndarray], selection: P
         shutil.rmtree(partial)  # left by a killed import: redone from the annotator's files
     partial.mkdir(parents=True)
     for image_id, array in labels.items():
-        write_png(partial / file_name(image_id), array)
+        atomic_write_png(partial / file_name(image_id), array)
     shutil.copy2(selection, partial / SELECTION)
     os.rename(partial, folder)
 
