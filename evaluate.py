@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from datasets import dataset_classes, dataset_palette, full_view  # noqa: E402
+from datasets import dataset_classes, dataset_palette  # noqa: E402
 from datasets.camvid import is_list_file  # noqa: E402
 from datasets.source import IMAGE_SUFFIXES  # noqa: E402
 from datasets.source import read_rgb, resize_pair  # noqa: E402
@@ -38,7 +38,7 @@ from engine import data as data_utils  # noqa: E402
 from engine import distributed  # noqa: E402
 from engine.evaluate import evaluate  # noqa: E402
 from engine.inference import config_settings, predict_loader  # noqa: E402
-from engine.io import atomic_write_json, atomic_write_png  # noqa: E402
+from engine.io import atomic_write_json, atomic_write_png, flat_name  # noqa: E402
 from engine.logger import colorize  # noqa: E402
 from engine.optim import make_model  # noqa: E402
 from engine.precision import configure_backends, resolve_amp  # noqa: E402
@@ -167,19 +167,27 @@ class ImageFolder(Dataset):
         return {"image": torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), "index": i}
 
 
+def prediction_writer(ids, palette, out_dir: Path):
+    """A callback (samples, probs) -> `<id>.png` (class ids) and `<id>_color.png` per image."""
+    def write(group: dict, probs: torch.Tensor) -> None:
+        preds = probs.argmax(1).to(torch.uint8).cpu().numpy()
+        for index, pred in zip(group["index"].tolist(), preds):
+            stem = flat_name(ids[index])
+            atomic_write_png(out_dir / f"{stem}.png", pred)
+            atomic_write_png(out_dir / f"{stem}_color.png", colorize(pred, palette))
+    return write
+
+
 def save_predictions(model, dataset, ids, num_classes: int, palette, out_dir: Path, cfg, ctx, amp: str) -> None:
-    """This rank's shard of `dataset`: `<id>.png` (class ids) and `<id>_color.png` per image,
-    predicted exactly as the evaluation predicts (eval.* settings and batch size)."""
+    """This rank's shard of an unlabeled `dataset`, predicted exactly as the evaluation predicts
+    (eval.* settings and batch size) and written by `prediction_writer`."""
     mine = distributed.shard(list(range(len(dataset))), ctx)
     loader = data_utils.ordered_loader(dataset, mine, cfg.eval.batch_size, ctx, workers=cfg.data.workers)
     settings = config_settings(cfg, scales=cfg.eval.scales, flip=cfg.eval.flip, amp=amp)
+    write = prediction_writer(ids, palette, out_dir)
     for group, probs in predict_loader(model, loader, ctx.device, num_classes, settings,
                                        desc="predictions", show=ctx.is_main):
-        preds = probs.argmax(1).to(torch.uint8).cpu().numpy()
-        for index, pred in zip(group["index"].tolist(), preds):
-            stem = ids[index].replace("/", "__")
-            atomic_write_png(out_dir / f"{stem}.png", pred)
-            atomic_write_png(out_dir / f"{stem}_color.png", colorize(pred, palette))
+        write(group, probs)
 
 
 # --------------------------------------------------------------------------- report
@@ -242,10 +250,8 @@ def main() -> None:
 
 def evaluate_split(model, src, cfg, ctx, amp, args, weights: Path, stage, what: str) -> None:
     """mIoU of the eval split: table on stdout and eval_<split>.json (rank 0); predictions if asked."""
-    metrics = evaluate(model, src, cfg, ctx, amp=amp, desc="eval")
-    if args.save_predictions:
-        save_predictions(model, full_view(src, data_utils.eval_transform()), src.ids, src.num_classes,
-                         src.palette, Path(args.save_predictions), cfg, ctx, amp)
+    write = prediction_writer(src.ids, src.palette, Path(args.save_predictions)) if args.save_predictions else None
+    metrics = evaluate(model, src, cfg, ctx, amp=amp, desc="eval", on_prediction=write)  # one pass for both
     if not ctx.is_main:
         return
     out = output_folder(weights, stage is not None) / f"eval_{split_label(cfg.data.eval_split)}.json"

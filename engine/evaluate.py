@@ -33,9 +33,11 @@ def miou_from_confusion(conf: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model, src, cfg, ctx, *, amp: str, desc: str = "eval") -> dict:
+def evaluate(model, src, cfg, ctx, *, amp: str, desc: str = "eval", on_prediction=None) -> dict:
     """mIoU and per-class IoU (percent) of `model` on every image of `src`, predicted as
-    eval.* says (mode, window, scales, flip), eval.batch_size images per batch."""
+    eval.* says (mode, window, scales, flip), eval.batch_size images per batch.
+    `on_prediction(samples, probs)`, if given, sees every group this rank predicts (e.g. to
+    save the predictions without predicting twice)."""
     from datasets import full_view
 
     model.eval()
@@ -48,6 +50,8 @@ def evaluate(model, src, cfg, ctx, *, amp: str, desc: str = "eval") -> dict:
                                        desc=desc, show=ctx.is_main):
         labels = group["label"].to(ctx.device, non_blocking=True)
         conf += confusion_matrix(probs.argmax(1), labels, src.num_classes)
+        if on_prediction is not None:
+            on_prediction(group, probs)
     dist_utils.all_reduce_sum(conf, ctx)
     conf = conf.cpu().numpy()
     iou = iou_from_confusion(conf)
