@@ -218,7 +218,8 @@ def reusable_stages(cfg, overrides=()) -> tuple[Path | None, list[str]]:
     `data.root=... data.eval_split=val` on a chain of rows keeps them reusing each other."""
     if not cfg.init_from:
         return None, []
-    shared_overrides = [o for o in overrides if not o.strip().startswith(("output_dir=", "init_from="))]
+    shared_overrides = [o for o in overrides
+                        if not o.strip().startswith(("output_dir=", "init_from=", "init_from_dir="))]
     try:
         other = load_config(cfg.init_from, shared_overrides)
     except ConfigError as err:
@@ -228,7 +229,7 @@ def reusable_stages(cfg, overrides=()) -> tuple[Path | None, list[str]]:
         if a != b or sa != sb:
             break
         shared.append(a)
-    ignore = ("stages", "output_dir", "init_from", "name")
+    ignore = ("stages", "output_dir", "init_from", "init_from_dir", "name")
 
     def setup(c):  # everything outside `stages` that a stage before the first query depends on
         d = _without(comparable_config(c.to_dict()), ignore)  # execution-only keys may differ
@@ -242,7 +243,7 @@ def reusable_stages(cfg, overrides=()) -> tuple[Path | None, list[str]]:
         # query stage did not use them, so those are still reused.
         kinds = [cfg.stages[n].kind for n in shared]
         shared = shared[:kinds.index("query")] if "query" in kinds else shared
-    return Path(other.output_dir), shared
+    return Path(cfg.init_from_dir or other.output_dir), shared
 
 
 def copy_finished_stage(src_dir: Path, dst_dir: Path) -> None:

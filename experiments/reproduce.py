@@ -1,10 +1,10 @@
 """Run every config of one paper table in dependency order, then summarise.
 
-    python experiments/reproduce.py TABLE [--nproc 4] [--dry-run] [--seed S]
+    python experiments/reproduce.py TABLE [--nproc 4] [--dry-run] [--seed S] [--only CONFIG ...]
                                     [--configs-dir configs] [--runs-dir runs]
                                     [--overrides key=value ...]
 
-TABLE is one of table1_camvid, table1_cityscapes, tableS1, equal, supervised. A config whose
+TABLE is one of table1_camvid, table1_cityscapes, tableS1, equal, supervised, cpu_camvid. A config whose
 YAML (or one of its ``_base_`` files) sets ``init_from: <config>`` reuses that run's finished
 stages, so it runs after it; a dependency outside the table is run first too (a finished run
 is not recomputed by the training scripts, so this costs nothing when it is already done).
@@ -36,6 +36,9 @@ TABLE_CONFIGS = {
                 "tableS1/r101d_372", "tableS1/r101d_744", "tableS1/r101d_1488"],
     "equal": ["equal/camvid_r50", "equal/cityscapes_r50"],
     "supervised": ["supervised/camvid_full", "supervised/cityscapes_full"],
+    # Table 1 (CamVid) at the scale of a 2-core CPU, EfficientNet-Lite0 (configs/cpu/camvid).
+    "cpu_camvid": [f"cpu/camvid/row{i}" for i in range(1, 7)]
+    + ["cpu/camvid/row6_random", "cpu/camvid/supervised_full"],
 }
 
 _ABSENT = object()
@@ -141,23 +144,34 @@ def _display_path(path):
         return str(path)
 
 
-def build_commands(table, configs_dir, nproc=4, overrides=(), seed=None):
-    """[(config name, argv)] for the table, in dependency order."""
+def build_commands(table, configs_dir, nproc=4, overrides=(), seed=None, only=None):
+    """[(config name, argv)] for the table (or its configs named in `only`, plus what they
+    init_from), in dependency order."""
     if table not in TABLE_CONFIGS:
         raise ValueError(f"unknown table '{table}'; choose one of {sorted(TABLE_CONFIGS)}")
+    names = TABLE_CONFIGS[table]
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ValueError(f"--only: {', '.join(unknown)} not in table '{table}' ({', '.join(names)})")
+        names = [n for n in names if n in only]
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override '{item}' is not of the form key=value")
     commands = []
-    for name in order_by_dependencies(TABLE_CONFIGS[table], configs_dir):
+    for name in order_by_dependencies(names, configs_dir):
         launcher = (["python"] if nproc == 1 else
                     ["torchrun", "--nproc_per_node", str(nproc)])
         extra = list(overrides)
         if seed is not None:
-            # A second seed of a run lives beside the first, e.g. runs/tableS1/r50_100_seed1.
+            # A second seed of a run lives beside the first, e.g. runs/tableS1/r50_100_seed1,
+            # and reuses the stages of its own seed's init_from run, not seed 0's.
             extra += [f"seed={seed}", f"output_dir=runs/{name}_seed{seed}"]
+            parent = read_init_from(name, configs_dir)
+            if parent is not None:
+                extra.append(f"init_from_dir=runs/{parent}_seed{seed}")
         argv = launcher + [train_script_for(name), "--config",
                            _display_path(config_path(name, configs_dir))] + extra
         commands.append((name, argv))
@@ -171,13 +185,15 @@ def main(argv=None):
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--seed", type=int, default=None,
                         help="run every config with this seed into runs/<config>_seed<S>")
+    parser.add_argument("--only", nargs="+", default=None, metavar="CONFIG",
+                        help="run only these configs of the table (and what they init_from)")
     parser.add_argument("--configs-dir", default=str(REPO_ROOT / "configs"))
     parser.add_argument("--runs-dir", default="runs", help="passed to summarize.py")
     parser.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides appended to every command")
     args = parser.parse_args(argv)
     commands = build_commands(args.table, args.configs_dir, args.nproc, args.overrides,
-                              args.seed)
+                              args.seed, args.only)
     summarize_argv = ["python", "experiments/summarize.py", args.runs_dir]
     if args.dry_run:
         for _, command in commands:
