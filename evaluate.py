@@ -32,7 +32,7 @@ from torch.utils.data import Dataset  # noqa: E402
 from datasets import dataset_classes, dataset_palette  # noqa: E402
 from datasets.camvid import is_list_file  # noqa: E402
 from datasets.source import IMAGE_SUFFIXES  # noqa: E402
-from datasets.source import read_rgb, resize_pair  # noqa: E402
+from datasets.source import check_utf8_name, read_rgb, resize_pair  # noqa: E402
 from engine import checkpoint as ckpt  # noqa: E402
 from engine import data as data_utils  # noqa: E402
 from engine import distributed  # noqa: E402
@@ -145,6 +145,8 @@ class ImageFolder(Dataset):
         self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
             raise FileNotFoundError(f"--images: no .png/.jpg images in {folder}")
+        for path in self.paths:
+            check_utf8_name(path)  # its id names the prediction files
         self.ids = [p.stem for p in self.paths]
         if len(set(self.ids)) != len(self.ids):
             dup = next(i for i in self.ids if self.ids.count(i) > 1)

@@ -41,7 +41,7 @@ import numpy as np
 
 # Bump when reading, label mapping or resizing changes what a source read returns, so entries
 # written by older code are rebuilt instead of used.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: labels decoded by datasets/decode.py (1-bit PNGs give 0/1, palette PNGs their indices)
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -76,7 +76,7 @@ class ResizedCache:
     def entry_path(self, image_path: str, label_path: str, label_lut: np.ndarray) -> Path:
         h = hashlib.sha1()
         for part in (os.path.abspath(image_path), os.path.abspath(label_path)):
-            h.update(part.encode() + b"\0")
+            h.update(os.fsencode(part) + b"\0")  # any file name, UTF-8 or not
         h.update(np.ascontiguousarray(label_lut).tobytes())
         return self.folder / f"{h.hexdigest()}.npz"
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from .cache import ResizedCache, png_size
 from .classes import INVALID, check_palette, default_palette
+# read_rgb / read_label_png are looked up here at read time (tests replace them to count decodes).
+from .decode import check_utf8_name, printable, read_label_png, read_rgb  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -24,29 +26,6 @@ class SourceEntry:
     image_path: str
     label_path: str
     label_lut: np.ndarray  # 256-entry raw value -> train id table, see classes.py
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """Decode an image file to uint8 RGB (H, W, 3); a missing or undecodable file is an error."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"cannot decode image file (corrupt or not an image): {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def read_label_png(path: str) -> np.ndarray:
-    """Decode a single-channel 8-bit label image to uint8 (H, W), unchanged values."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"label file not found: {path}")
-    lab = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if lab is None:
-        raise ValueError(f"cannot decode label file (corrupt or not an image): {path}")
-    if lab.ndim != 2 or lab.dtype != np.uint8:
-        raise ValueError(f"label file must be a single-channel 8-bit image, got shape {lab.shape} "
-                         f"dtype {lab.dtype}: {path}")
-    return lab
 
 
 def map_label(raw: np.ndarray, lut: np.ndarray, path: str, num_classes: int) -> np.ndarray:
@@ -88,6 +67,7 @@ def paired_folder_entries(image_dir: Path, label_dir: Path, lut: np.ndarray, *, 
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     entries = []
     for image_path in images:
+        check_utf8_name(image_path)
         label_path = label_dir / f"{image_path.stem}.png"
         if not label_path.is_file():
             raise FileNotFoundError(f"no label for image {image_path}: expected {label_path}")
@@ -99,9 +79,14 @@ def read_list_file(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Parse a split list: one `image label` pair per non-empty line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split list file not found: {path}")
+        where = "" if path.is_absolute() else f" (a split given as a path is relative to the current folder, {printable(Path.cwd())})"
+        raise FileNotFoundError(f"split list file not found: {printable(path)}{where}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{printable(path)}: split list file is not UTF-8 text ({err})") from None
     pairs = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -145,6 +130,8 @@ class SegmentationSource:
             raise ValueError(f"dataset {name or ''} at {self.root} has no images")
         seen: dict[str, str] = {}
         for entry in self._entries:
+            check_utf8_name(entry.image_path)
+            check_utf8_name(entry.label_path)
             if entry.id in seen:
                 raise ValueError(f"duplicate image id {entry.id!r}: {seen[entry.id]} and "
                                  f"{entry.image_path}")

@@ -28,9 +28,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from datasets.decode import ImageReadError, read_label_png
 from engine.io import atomic_write_npz, atomic_write_png, atomic_write_text, flat_name
 
 MANIFEST = "manifest.json"
@@ -108,8 +108,20 @@ def read_manifest(path: Path) -> dict:
 
 
 def resolve(manifest_path: Path, relative: str) -> Path:
-    """A manifest path: absolute, or relative to the manifest's folder."""
-    return Path(relative) if os.path.isabs(relative) else Path(manifest_path).parent / relative
+    """An item's `label` path, the only manifest path the import reads. It must stay inside the
+    annotate folder (relative, no `..`, no symlink that resolves outside), so an edited manifest or
+    a planted link cannot make the run read a file elsewhere. (`image` may be absolute: it names
+    the data set's own image for the annotator; the run never reads `image` or `regions` back.)"""
+    folder = Path(manifest_path).parent
+    if os.path.isabs(relative) or ".." in Path(relative).parts:
+        raise AnnotationError(f"{manifest_path}: label path {relative!r} must be relative to the annotate "
+                              f"folder and may not use '..'")
+    path = folder / relative
+    real = os.path.realpath(path)
+    if not Path(real).is_relative_to(os.path.realpath(folder)):
+        raise AnnotationError(f"{path}: label file resolves to {real}, outside the annotate folder "
+                              f"{folder} (symlinks out of it are refused; copy the file in instead)")
+    return path
 
 
 # ----------------------------------------------------------------------------- the import
@@ -137,12 +149,10 @@ def read_annotations(manifest_path: Path, regions: dict[str, np.ndarray], num_cl
 
 
 def _read_one(path: Path, region: np.ndarray, num_classes: int) -> np.ndarray:
-    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if labels is None:
-        raise AnnotationError(f"{path}: annotation file is not a readable image")
-    if labels.ndim != 2 or labels.dtype != np.uint8:
-        raise AnnotationError(f"{path}: annotation must be a single-channel 8-bit PNG of class ids, got "
-                              f"shape {labels.shape} dtype {labels.dtype}")
+    try:
+        labels = read_label_png(path)  # the data sets' reader: 1-bit, grey and palette PNGs give indices
+    except ImageReadError as err:
+        raise AnnotationError(f"{path}: annotation file is not a readable image of class ids ({err})") from None
     if labels.shape != region.shape:
         raise AnnotationError(f"{path}: annotation is {labels.shape[0]}x{labels.shape[1]}, the image is "
                               f"{region.shape[0]}x{region.shape[1]}")

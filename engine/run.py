@@ -54,8 +54,11 @@ def load_config_or_exit(args):
 
 
 def fail(message: str) -> None:
-    """One clear line on stderr and a non-zero exit (used for bad input before any work)."""
-    print(f"error: {message}", file=sys.stderr)
+    """One clear line on stderr and a non-zero exit (used for bad input before any work).
+    Under torchrun every rank exits, and rank 0 alone prints: the line appears once."""
+    from datasets.decode import printable  # a file name that is not UTF-8 must not make print() raise
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {printable(' '.join(str(message).split()))}", file=sys.stderr)
     raise SystemExit(2)
 
 

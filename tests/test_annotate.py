@@ -61,11 +61,12 @@ def test_labels_are_read_inside_the_regions_only(task, tmp_path):
     a = np.full((6, 8), 200, np.uint8)      # out of range outside the region: never read
     a[0:2, 0:4] = [[0, 1, 2, 255], [2, 2, 1, 0]]
     _write_label(folder / "labels" / "a.png", a)
-    # An outside tool may point `label` anywhere (absolute path).
+    # An outside tool may choose another file name inside the annotate folder (a path outside it
+    # is refused: tests/test_bad_inputs.py).
     manifest = json.loads(manifest_path.read_text())
-    manifest["items"][1]["label"] = str(tmp_path / "elsewhere" / "b.png")
+    manifest["items"][1]["label"] = "from_tool/b.png"
     manifest_path.write_text(json.dumps(manifest))
-    _write_label(tmp_path / "elsewhere" / "b.png", np.full((6, 8), 1, np.uint8))
+    _write_label(folder / "from_tool" / "b.png", np.full((6, 8), 1, np.uint8))
     labels = read_annotations(manifest_path, regions, num_classes=3)
     expected_a = np.full((6, 8), 255, np.uint8)
     expected_a[0:2, 0:4] = [[0, 1, 2, 255], [2, 2, 1, 0]]
@@ -248,8 +249,11 @@ def imported(demo_base, awaiting, bad_file_runs):
 
 @pytest.mark.slow
 def test_a_human_query_writes_the_task_and_stops_cleanly(awaiting):
+    from engine.run import EXIT_AWAITING_LABELS
     run, result = awaiting["run"], awaiting["result"]
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert EXIT_AWAITING_LABELS not in (0, 2)  # neither success nor bad input
+    assert result.returncode == EXIT_AWAITING_LABELS, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
     manifest_path = run / "01_query1" / "annotate" / "manifest.json"
     assert str(manifest_path) in result.stdout and "run the same command again" in result.stdout
     manifest = json.loads(manifest_path.read_text())
@@ -262,11 +266,24 @@ def test_a_human_query_writes_the_task_and_stops_cleanly(awaiting):
         np.testing.assert_array_equal(regions == 255, _pixels(cells))  # whole regions...
         assert cells.sum() == 4                                          # ...4 per image
     assert not (run / "01_query1" / "metrics.json").exists() and not (run / "01_query1" / "pool.npz").exists()
-    assert json.loads((run / "summary.json").read_text())["finished"] is False
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] is False and summary["state"] == "waiting_for_labels"
+    assert summary["waiting"] == {"stage": "query1", "manifest": str(manifest_path.resolve()),
+                                  "label_files_missing": 8, "label_files": 8}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["missing", "unreadable", "wrong size", "out of range"])
+def test_a_missing_label_file_means_waiting_not_an_error(bad_file_runs, demo_base):
+    from engine.run import EXIT_AWAITING_LABELS
+    path, result, before, after = bad_file_runs["missing"]
+    assert result.returncode == EXIT_AWAITING_LABELS, result.stderr[-3000:]
+    assert "1 of 8 label files are missing" in result.stdout and "--import-partial" in result.stdout
+    assert not [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert after == before  # nothing imported
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["unreadable", "wrong size", "out of range"])
 def test_a_bad_annotation_is_one_error_line_and_changes_nothing(bad_file_runs, case):
     path, result, before, after = bad_file_runs[case]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -294,7 +311,7 @@ def test_the_annotators_labels_not_the_ground_truth_are_what_the_run_learns_from
     from tests.pipeline_helpers import final_weights
     truth = _ground_truth(demo_base)
     first = _demo(demo_base, "other", "query.oracle=human")
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 3, first.stderr[-3000:]  # waiting for labels
     # The annotator calls every class the next one (void stays void): plainly not the ground truth.
     given = {i: np.where(t == 255, 255, (t.astype(int) + 1) % 11).astype(np.uint8) for i, t in truth.items()}
     _play_annotator(demo_base / "other", given.__getitem__)
