@@ -8,6 +8,7 @@ matplotlib is only needed here, so it is imported inside the function.
 """
 from pathlib import Path
 
+from experiments.cpu_proxy import is_cpu_proxy
 from experiments.run_summaries import DATASETS, dataset_of, is_active_learning_run
 
 
@@ -37,7 +38,10 @@ def plot_fig3(runs, paper, out_path):
     Figure, FigureCanvasAgg = _import_matplotlib()
     figure = Figure(figsize=(6.5 * len(DATASETS), 5.0))
     FigureCanvasAgg(figure)
-    al_runs = [run for found in runs.values() for run in found if is_active_learning_run(run)]
+    # The CPU-scale proxies have their own plot (cpu_proxy.plot_cpu_proxy): another backbone and
+    # scale, so not beside the paper's points.
+    al_runs = [run for found in runs.values() for run in found
+               if is_active_learning_run(run) and not is_cpu_proxy(run.config)]
     for index, dataset in enumerate(DATASETS):
         axes = figure.add_subplot(1, len(DATASETS), index + 1)
         for run in al_runs:
@@ -65,6 +69,11 @@ def plot_fig3(runs, paper, out_path):
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=6, loc="lower right")
     skipped = sorted({run.config for run in al_runs if dataset_of(run.config) is None})
+    save_figure(figure, out_path)
+    return skipped
+
+
+def save_figure(figure, out_path) -> None:
     figure.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,4 +81,3 @@ def plot_fig3(runs, paper, out_path):
     tmp = out_path.with_name(out_path.name + ".tmp")
     figure.savefig(tmp, format="png", dpi=120)
     tmp.replace(out_path)
-    return skipped

@@ -18,6 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments import cpu_proxy  # noqa: E402
 from experiments.run_summaries import (  # noqa: E402
     DATASETS, DEFAULT_PAPER_RESULTS, EXPERIMENTS_DIR, dataset_of, is_active_learning_run,
     labeled_pct_reaching, load_paper_results, load_runs, paper_config_names)
@@ -232,7 +233,8 @@ def _al_metric_section(paper, runs, runs_dir):
         start = [dataset, f"{spec['paper_labeled_pct']:g}%",
                  "not reached" if from_paper is None else f"{from_paper:g}%"]
         al_runs = [run for found in runs.values() for run in found
-                   if dataset_of(run.config) == dataset and is_active_learning_run(run)]
+                   if dataset_of(run.config) == dataset and is_active_learning_run(run)
+                   and not cpu_proxy.is_cpu_proxy(run.config)]
         supervised = [r for r in runs.get(spec["supervised_config"], []) if r.finished]
         if not al_runs:
             rows.append(start + ["no AL run", DASH, DASH, DASH])
@@ -307,7 +309,7 @@ def _query_classes_section(paper, runs, runs_dir):
 def _other_runs_section(paper, runs, runs_dir):
     known = set(paper_config_names(paper))
     rows = []
-    for config in sorted(set(runs) - known):
+    for config in sorted(c for c in set(runs) - known if not cpu_proxy.is_cpu_proxy(c)):
         for run in runs[config]:
             last = run.stages[-1] if run.stages else None
             rows.append([_run_label(run, runs_dir), run.status(),
@@ -328,6 +330,7 @@ def build_report(paper, runs, runs_dir, plot_note=None):
              "Difference = ours - paper; mIoU, IoU and labeled % are percentages; "
              "'unfinished (stage k/n)' = k of n stages done.", ""]
     lines += _table1_section(paper, runs, runs_dir)
+    lines += cpu_proxy.section_lines(paper, runs, paper["al_metric"]["fraction_of_supervised"])
     lines += _equal_and_supervised_section(paper, runs, runs_dir)
     lines += _al_metric_section(paper, runs, runs_dir)
     lines += _query_classes_section(paper, runs, runs_dir)
@@ -337,8 +340,10 @@ def build_report(paper, runs, runs_dir, plot_note=None):
     lines += _per_class_section(paper, "tableS4", runs, runs_dir)
     lines += _other_runs_section(paper, runs, runs_dir)
     if plot_note is not None:
-        path, skipped = plot_note
+        path, skipped = plot_note[:2]
         lines.append(f"Fig. 3-like plot: `{path}`.")
+        if len(plot_note) == 3:
+            lines.append(f"CPU-scale proxy's plot: `{plot_note[2]}`.")
         if skipped:
             lines.append("Not plotted (dataset not in the config name): "
                          + ", ".join(f"`{name}`" for name in skipped) + ".")
@@ -354,6 +359,10 @@ def summarize(runs_dir, paper_path=DEFAULT_PAPER_RESULTS, plot_path=None):
     if plot_path is not None:
         from experiments.plot import plot_fig3  # matplotlib is optional: only needed here
         plot_note = (plot_path, plot_fig3(runs, paper, plot_path))
+        if any(cpu_proxy.is_cpu_proxy(name) for name in runs):
+            cpu_plot = Path(plot_path).with_name(Path(plot_path).stem + "_cpu.png")
+            cpu_proxy.plot_cpu_proxy(paper, runs, cpu_plot)
+            plot_note = (plot_path, plot_note[1], cpu_plot)
     return build_report(paper, runs, runs_dir, plot_note)
 
 
