@@ -379,3 +379,17 @@ def test_reproduce_script_runs_from_the_shell(tmp_path):
                             text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("train_al.py --config") == 2
+
+
+def test_a_seed_run_reuses_its_own_seeds_init_from_chain_and_only_picks_configs():
+    commands = dict(reproduce.build_commands("cpu_camvid", REPO_ROOT / "configs", nproc=1, seed=1,
+                                             only=["cpu/camvid/row6"]))
+    # row 6 starts from row 4, row 4 from row 2: all three run, each seed-1 run reads seed 1's parent.
+    assert list(commands) == ["cpu/camvid/row2", "cpu/camvid/row4", "cpu/camvid/row6"]
+    assert commands["cpu/camvid/row2"][-2:] == ["seed=1", "output_dir=runs/cpu/camvid/row2_seed1"]
+    assert commands["cpu/camvid/row4"][-1] == "init_from_dir=runs/cpu/camvid/row2_seed1"
+    assert commands["cpu/camvid/row6"][-1] == "init_from_dir=runs/cpu/camvid/row4_seed1"
+    assert not any("init_from_dir" in arg for arg in
+                   dict(reproduce.build_commands("cpu_camvid", REPO_ROOT / "configs", nproc=1))["cpu/camvid/row4"])
+    with pytest.raises(ValueError, match="--only: cpu/camvid/row9 not in table 'cpu_camvid'"):
+        reproduce.build_commands("cpu_camvid", REPO_ROOT / "configs", only=["cpu/camvid/row9"])
