@@ -21,8 +21,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from engine import distributed  # noqa: E402
+from engine.oracle import AwaitingLabels  # noqa: E402
 from engine.pipeline import open_experiment  # noqa: E402
-from engine.run import exit_on_input_error, load_config_or_exit, parse_args  # noqa: E402
+from engine.run import EXIT_AWAITING_LABELS, exit_on_input_error, load_config_or_exit, parse_args  # noqa: E402
 
 
 def main() -> None:
@@ -33,21 +34,31 @@ def main() -> None:
         exp = open_experiment(args, cfg, ctx)  # validates config, data, weights; None after --dry-run
         if exp is None:
             return
-        pool = exp.initial_pool()  # 10% of the images, fully labeled
-        teacher = None
-        for index, (name, stage) in enumerate(cfg.stages.items()):
-            finished = exp.finished_stage(index, name)
-            if finished is not None:
-                pool, teacher = finished
-                continue
-            pseudo = None
-            if stage.kind != "supervised":
-                pseudo = exp.pseudo_label(index, name, teacher, pool, score=stage.kind == "query")
-            if stage.kind == "query":
-                pool = exp.query(index, name, pool, pseudo)
-            teacher = exp.train(index, name, stage, pool, teacher, pseudo)  # the student becomes the teacher
-        exp.finish()
+        try:
+            run_stages(exp, cfg)
+        except AwaitingLabels:  # query.oracle=human: the task is written, summary.json says so
+            exp.logger.close()
+            distributed.cleanup()
+            raise SystemExit(EXIT_AWAITING_LABELS)
     distributed.cleanup()
+
+
+def run_stages(exp, cfg) -> None:
+    """The paper's loop: every stage in order, finished ones loaded instead of recomputed."""
+    pool = exp.initial_pool()  # 10% of the images, fully labeled
+    teacher = None
+    for index, (name, stage) in enumerate(cfg.stages.items()):
+        finished = exp.finished_stage(index, name)
+        if finished is not None:
+            pool, teacher = finished
+            continue
+        pseudo = None
+        if stage.kind != "supervised":
+            pseudo = exp.pseudo_label(index, name, teacher, pool, score=stage.kind == "query")
+        if stage.kind == "query":
+            pool = exp.query(index, name, pool, pseudo)
+        teacher = exp.train(index, name, stage, pool, teacher, pseudo)  # the student becomes the teacher
+    exp.finish()
 
 
 if __name__ == "__main__":

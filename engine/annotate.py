@@ -35,6 +35,7 @@ from engine.io import atomic_write_npz, atomic_write_png, atomic_write_text, fla
 
 MANIFEST = "manifest.json"
 SELECTION = "selection.npz"
+IMPORTED = "imported.json"  # in human_labels/: the ids an import took
 IGNORE_INDEX = 255
 ITEM_KEYS = ("id", "image", "regions", "label")
 
@@ -56,6 +57,9 @@ class Task:
     image: np.ndarray       # (H, W, 3) uint8 at the run's working resolution
     regions: np.ndarray     # (H, W) bool: the pixels to label
     preview: np.ndarray     # (H, W, 3) uint8 overlay for people
+    boxes: list = ()        # [x, y, width, height] in pixels of each queried region
+    score: float | None = None          # mean acquisition score of its queried regions (higher first)
+    prediction: np.ndarray | None = None  # (H, W) uint8 the model's class ids (pre-annotation)
 
 
 def read_selection(path: Path) -> tuple[list[str], np.ndarray]:
@@ -69,7 +73,7 @@ def read_selection(path: Path) -> tuple[list[str], np.ndarray]:
 
 # ----------------------------------------------------------------------------- the task
 def write_task(folder: Path, stage: str, classes: list[str], tasks: list[Task], ids: list[str],
-               selection: np.ndarray) -> Path:
+               selection: np.ndarray, palette: list | None = None) -> Path:
     """Write the annotate folder (manifest last) and return the manifest's path."""
     folder = Path(folder)
     items = []
@@ -81,11 +85,20 @@ def write_task(folder: Path, stage: str, classes: list[str], tasks: list[Task], 
         if image is None:
             atomic_write_png(folder / "images" / name, task.image)
             image = f"images/{name}"
-        items.append({"id": task.id, "image": str(image), "regions": f"regions/{name}",
-                      "label": f"labels/{name}"})
+        item = {"id": task.id, "image": str(image), "regions": f"regions/{name}", "label": f"labels/{name}",
+                "height": int(task.regions.shape[0]), "width": int(task.regions.shape[1]),
+                "boxes": [list(map(int, b)) for b in task.boxes]}
+        if task.score is not None:
+            item["score"] = round(float(task.score), 6)
+        if task.prediction is not None:
+            atomic_write_png(folder / "prediction" / name, task.prediction)
+            item["prediction"] = f"prediction/{name}"
+        items.append(item)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
     atomic_write_npz(folder / SELECTION, ids=np.array(ids, dtype=np.str_), cells=selection)
     manifest = {"stage": stage, "classes": list(classes), "ignore_index": IGNORE_INDEX, "items": items}
+    if palette is not None:
+        manifest["palette"] = [list(map(int, c)) for c in palette]
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return folder / MANIFEST
 
@@ -125,27 +138,49 @@ def resolve(manifest_path: Path, relative: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- the import
-def read_annotations(manifest_path: Path, regions: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarray]:
+def read_annotations(manifest_path: Path, regions: dict[str, np.ndarray], num_classes: int,
+                     only: list[str] | None = None) -> dict[str, np.ndarray]:
     """{id: (H, W) uint8 class ids inside the regions, 255 outside} for every image of `regions`
-    ({id: (H, W) bool}, the selection the manifest was made from).
+    ({id: (H, W) bool}, the selection the manifest was made from), or only for the ids `only`
+    (a partial import: the images whose label file was written).
 
     Every file is checked before anything is returned: the first problem found (in manifest
     order) raises AnnotationError naming the file. Missing files are counted in the message, so
     a run started again before annotating says how many are still to do."""
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
+    _check_items(manifest_path, manifest, regions)
+    listed = [item["id"] for item in manifest["items"] if only is None or item["id"] in only]
+    paths = label_paths(manifest_path, manifest)
+    missing = [paths[i] for i in listed if not paths[i].is_file()]
+    if missing:
+        raise AnnotationError(f"{missing[0]}: annotation file missing ({len(missing)} of {len(paths)} label files "
+                              f"of {manifest_path} are missing; write them, then run the same command again)")
+    return {image_id: _read_one(paths[image_id], regions[image_id], num_classes) for image_id in listed}
+
+
+def _check_items(manifest_path: Path, manifest: dict, regions: dict) -> None:
+    """The manifest lists exactly the images of `regions`."""
     listed = [item["id"] for item in manifest["items"]]
     if sorted(listed) != sorted(regions):
         odd = sorted(set(listed) ^ set(regions)) or listed
         raise AnnotationError(f"{manifest_path}: its items do not match the regions the stage selected "
                               f"({len(listed)} items, {len(regions)} images with regions; e.g. {odd[0]!r}); "
                               f"delete its folder and run the same command again for a new one")
-    paths = {item["id"]: resolve(manifest_path, item["label"]) for item in manifest["items"]}
-    missing = [p for p in paths.values() if not p.is_file()]
-    if missing:
-        raise AnnotationError(f"{missing[0]}: annotation file missing ({len(missing)} of {len(paths)} label files "
-                              f"of {manifest_path} are missing; write them, then run the same command again)")
-    return {image_id: _read_one(paths[image_id], regions[image_id], num_classes) for image_id in listed}
+
+
+def label_paths(manifest_path: Path, manifest: dict) -> dict[str, Path]:
+    """{id: where the annotator writes its label PNG}."""
+    return {item["id"]: resolve(manifest_path, item["label"]) for item in manifest["items"]}
+
+
+def written_labels(manifest_path: Path, regions: dict[str, np.ndarray]) -> list[str]:
+    """Ids of `regions` whose label file the annotator has written (in manifest order). The
+    manifest must list exactly the images of `regions` (see read_annotations)."""
+    manifest = read_manifest(manifest_path)
+    _check_items(manifest_path, manifest, regions)
+    paths = label_paths(manifest_path, manifest)
+    return [item["id"] for item in manifest["items"] if paths[item["id"]].is_file()]
 
 
 def _read_one(path: Path, region: np.ndarray, num_classes: int) -> np.ndarray:
@@ -166,6 +201,48 @@ def _read_one(path: Path, region: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A single-channel PNG this module wrote (regions, prediction), through the shared reader."""
+    try:
+        return read_label_png(path)
+    except (ImageReadError, FileNotFoundError) as err:
+        raise AnnotationError(str(err)) from None
+
+
+def to_working_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Labels drawn at another size (e.g. the original photo while the run works at data.resize)
+    resized to the working size, nearest neighbour at pixel centres as the data sets' labels are
+    (datasets/source.py resize_pair): no class id is ever invented."""
+    import cv2
+    if labels.shape == tuple(size):
+        return labels
+    return cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def store_labels(manifest_path: Path, labels: dict[str, np.ndarray]) -> list[str]:
+    """Write annotation tools' labels ({id: (h, w) uint8 class ids or 255}) where the manifest says,
+    each resized (nearest) to its item's working size. Everything is checked before the first file
+    is written: an id the manifest does not list is an error naming it. Returns the ids written."""
+    manifest_path = Path(manifest_path)
+    manifest = read_manifest(manifest_path)
+    items = {item["id"]: item for item in manifest["items"]}
+    unknown = sorted(set(labels) - set(items))
+    if unknown:
+        raise AnnotationError(f"{manifest_path}: labels for {unknown[0]!r}, which it does not list "
+                              f"({len(unknown)} such images)")
+    ready = {}
+    for image_id, array in labels.items():
+        item = items[image_id]
+        size = (int(item["height"]), int(item["width"])) if "height" in item else \
+            read_mask(resolve(manifest_path, item["regions"])).shape
+        if array.ndim != 2 or array.dtype != np.uint8:
+            raise AnnotationError(f"labels of {image_id!r}: need (H, W) uint8 class ids, got {array.shape} {array.dtype}")
+        ready[image_id] = to_working_size(array, size)
+    for image_id, array in ready.items():
+        atomic_write_png(resolve(manifest_path, items[image_id]["label"]), array)
+    return sorted(ready)
+
+
 def cumulative(previous: np.ndarray | None, new: np.ndarray, region: np.ndarray) -> np.ndarray:
     """An image's human labels after this cycle: the earlier ones, with this cycle's regions added."""
     out = np.full(new.shape, IGNORE_INDEX, dtype=np.uint8) if previous is None else previous.copy()
@@ -184,7 +261,22 @@ def write_label_folder(folder: Path, labels: dict[str, np.ndarray], selection: P
     for image_id, array in labels.items():
         atomic_write_png(partial / file_name(image_id), array)
     shutil.copy2(selection, partial / SELECTION)
+    atomic_write_text(partial / IMPORTED, json.dumps({"imported": sorted(labels)}, indent=1) + "\n")
     os.rename(partial, folder)
+
+
+def read_imported(folder: Path) -> list[str]:
+    """Ids of the images a finished import took (a partial import leaves the others unlabelled).
+    A folder from before partial imports has no list: every selected image was imported, and
+    each has its PNG there."""
+    path = Path(folder) / IMPORTED
+    if not path.is_file():
+        return None
+    try:
+        imported = json.loads(path.read_text())["imported"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AnnotationError(f"{path}: not a readable list of imported images ({err})") from None
+    return [str(i) for i in imported]
 
 
 def copy_label_folder(src: Path, dst: Path) -> None:

@@ -33,8 +33,9 @@ class Experiment:
     """Everything a run knows: config, data, run directory, logger. Built by `prepare`."""
 
     # ------------------------------------------------------------------ validation (nothing written)
-    def __init__(self, cfg, ctx, *, dry_run: bool, overwrite: bool, overrides=()):
+    def __init__(self, cfg, ctx, *, dry_run: bool, overwrite: bool, overrides=(), partial_import: bool = False):
         self.cfg, self.ctx, self.dry_run, self.overwrite = cfg, ctx, dry_run, overwrite
+        self.partial_import = partial_import  # query.oracle=human: import the label files written so far
         self.amp, self.amp_reason = resolve_amp(cfg.runtime.amp, ctx.device)  # mode string + why
         configure_backends(ctx.device, cfg.deterministic)
         if cfg.data.dataset != "synthetic":
@@ -215,9 +216,10 @@ class Experiment:
             teacher.to(memory_format=torch.channels_last)
         todo = [i for i in range(len(pool)) if not pool.cells[i].all()]
         vis = todo[: self.cfg.query.vis_images] if score else []
+        human = score and self.cfg.query.oracle == "human"  # the annotator is offered the prediction
         out = pseudo_label_pass(teacher, self.pool_src, todo, self.cfg, self.ctx, amp=self.amp,
                                 out_dir=stage_dir / "pseudo", grid=self.grid if score else None,
-                                keep_entropy_for=vis)
+                                keep_entropy_for=vis, prediction_dir=stage_dir / oracle.PREDICTION if human else None)
         out["seconds"] = time.time() - started
         if self.ctx.is_main:
             _save_pass(done, out, len(pool), self.grid.shape)
@@ -233,14 +235,26 @@ class Experiment:
         q = self.cfg.query
         new, budget = self._select(index, pool, scored)
         faults.reached("before_reveal")
+        imported = None
         if q.oracle == "human" and new.any():  # nothing selected: nothing to ask anyone
-            oracle.reveal_by_human(stage_dir=self.run.stage_dir(index, name), stage=name,
-                                   earlier_dirs=self._stage_dirs(index), src=self.pool_src, pool=pool,
-                                   new=new, ctx=self.ctx, logger=self.logger)
+            try:
+                labelled = oracle.reveal_by_human(stage_dir=self.run.stage_dir(index, name), stage=name,
+                                                  earlier_dirs=self._stage_dirs(index), src=self.pool_src,
+                                                  pool=pool, new=new, scores=scored["scores"], ctx=self.ctx,
+                                                  logger=self.logger, partial=self.partial_import)
+            except oracle.AwaitingLabels as wait:
+                self.write_summary(finished=False, waiting=wait.record())
+                self.logger.log(f"{wait} (summary.json state: waiting_for_labels; the same command again "
+                                f"continues once they are there)")
+                raise
+            imported = oracle.import_record(new, labelled, self.grid, self.pool_src.ids)
+            new = labelled  # a partial import reveals only the images that were labelled
         next_pool = pool.reveal(new, budget)
         next_pool.check_grows_from(pool)
         self._query_panels(index, name, pool, new, scored)
         stats = oracle.class_pixels(self.pool_src, next_pool, new, self.human_labels(index + 1), self.ctx)
+        if imported is not None:
+            stats["human_import"] = imported
         self.query_stats[index] = stats
         self._log_class_pixels(index, stats)
         pct = self.labeled_pct(next_pool)
@@ -341,9 +355,9 @@ class Experiment:
         return digests
 
     # ------------------------------------------------------------------ summary
-    def write_summary(self, finished: bool) -> None:
+    def write_summary(self, finished: bool, waiting: dict | None = None) -> None:
         self.run.write_summary(self.cfg, self.records, self.pool_src.classes, self.device_name, finished,
-                               num_stages=len(self.cfg.stages))
+                               num_stages=len(self.cfg.stages), waiting=waiting)
 
     def finish(self) -> None:
         self.write_summary(finished=True)
@@ -359,7 +373,8 @@ def open_experiment(args, cfg, ctx) -> Experiment | None:
     Returns None after a --dry-run, which only prints what the run would do."""
     from engine.run import fail
     try:
-        exp = Experiment(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides)
+        exp = Experiment(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides,
+                         partial_import=getattr(args, "import_partial", False))
         if args.dry_run:
             print(exp.describe())
             return None

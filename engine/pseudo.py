@@ -35,9 +35,11 @@ def pseudo_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
 
 @torch.inference_mode()
 def pseudo_label_pass(model, src, indices: list[int], cfg, ctx, *, amp: str, out_dir: Path,
-                      grid=None, keep_entropy_for=()) -> dict:
+                      grid=None, keep_entropy_for=(), prediction_dir: Path | None = None) -> dict:
     """Predict `indices` of `src` (pseudo.scales / pseudo.flip, the eval window settings,
     pseudo.batch_size images per batch); write `out_dir/<id>.png`; return gathered results.
+    With `prediction_dir`, also the plain argmax of every image there (no confidence threshold:
+    what a human annotator is offered as a pre-annotation).
 
     Returns {"scores": {index: (gh, gw) float32 array} (only with a grid),
              "entropy": {index: (H, W) float16 array} for indices in keep_entropy_for}.
@@ -52,10 +54,13 @@ def pseudo_label_pass(model, src, indices: list[int], cfg, ctx, *, amp: str, out
     for group, prob in predict_loader(model, loader, ctx.device, src.num_classes, settings,
                                       desc="pseudo-label", show=ctx.is_main):
         labels = pseudo_labels(prob, cfg.pseudo.threshold).cpu().numpy()
+        argmax = prob.argmax(dim=1).to(torch.uint8).cpu().numpy() if prediction_dir is not None else None
         entropy = pixel_entropy(prob) if (grid is not None or keep) else None
         cell_scores = region_scores(entropy, grid).cpu().numpy() if grid is not None else None
         for j, index in enumerate(group["index"].tolist()):
             atomic_write_png(pseudo_label_file(out_dir, src.ids[index]), labels[j])
+            if prediction_dir is not None:
+                atomic_write_png(pseudo_label_file(prediction_dir, src.ids[index]), argmax[j])
             faults.reached("pseudo_png")
             if cell_scores is not None:
                 scores[index] = cell_scores[j].astype(np.float32)

@@ -29,6 +29,11 @@ _EXECUTION_ONLY = {("data", "workers"), ("runtime", "log_every"), ("runtime", "c
                    ("runtime", "dist_timeout_minutes"), ("data", "cache_dir"), ("eval", "window_batch")}
 
 
+# Exit statuses of the scripts: 0 done, 2 bad input (one `error:` line), and this one when a query
+# stage waits for a person's labels (query.oracle=human; summary.json state "waiting_for_labels").
+EXIT_AWAITING_LABELS = 3
+
+
 class RunInputError(ValueError):
     """Bad input discovered after the run started (an unsafe checkpoint, a bad annotation file, ...):
     the scripts report it as one `error:` line, like bad input found before the start."""
@@ -42,6 +47,9 @@ def parse_args(description: str) -> argparse.Namespace:
                         help="resolve config, index data, build the model, print a summary, exit")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete an existing run directory made with a different config")
+    parser.add_argument("--import-partial", action="store_true",
+                        help="query.oracle=human: import the label files written so far; the other "
+                             "queried images stay unlabelled (a later query may ask for them again)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return parser.parse_intermixed_args()  # options and key=value overrides in any order
 
@@ -92,6 +100,13 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def grows(previous: dict, current: dict) -> bool:
+    """Whether config `current` is `previous` with stages added at the end (every earlier stage
+    unchanged, in the same order): its finished stages stay valid, so the run continues."""
+    before, after = previous.get("stages") or {}, current.get("stages") or {}
+    return len(after) > len(before) and list(after.items())[:len(before)] == list(before.items())
+
+
 def check_output_dir(cfg, overwrite: bool) -> None:
     """Refuse (before anything is written) a directory of another run or one we cannot write."""
     root = Path(cfg.output_dir)
@@ -100,7 +115,10 @@ def check_output_dir(cfg, overwrite: bool) -> None:
         if saved.is_file():
             with open(saved) as f:
                 previous = yaml.safe_load(f)
-            diffs = _differences(comparable_config(previous), comparable_config(cfg.to_dict()))
+            previous, current = comparable_config(previous), comparable_config(cfg.to_dict())
+            if grows(previous, current):  # a campaign with more query cycles continues in place
+                previous, current = {**previous, "stages": None}, {**current, "stages": None}
+            diffs = _differences(previous, current)
             if diffs:
                 raise ConfigError(f"output_dir {root} holds a run with a different config "
                                   f"({'; '.join(diffs[:5])}); pass --overwrite to replace it or "
@@ -142,10 +160,14 @@ class RunDirectory:
         return (stage_dir / "metrics.json").is_file()
 
     def write_summary(self, cfg, stage_records: list[dict], classes, device: str, finished: bool,
-                      num_stages: int) -> None:
+                      num_stages: int, waiting: dict | None = None) -> None:
+        """`state`: "finished", "running" (stages still to run; also a killed run), or
+        "waiting_for_labels" (`waiting` then says which stage and where its manifest is)."""
         if self.ctx.is_main:
+            state = "finished" if finished else "waiting_for_labels" if waiting else "running"
             atomic_write_json(self.root / "summary.json", {
-                "config": cfg.name, "finished": finished, "num_stages": num_stages, "device": device,
+                "config": cfg.name, "state": state, "finished": finished, "num_stages": num_stages,
+                **({"waiting": waiting} if waiting else {}), "device": device,
                 "world_size": self.ctx.world_size, "classes": list(classes), "stages": stage_records})
 
 
@@ -175,7 +197,8 @@ def stage_record(name: str, stage, metrics: dict, labeled_pct: float, wall_time:
             "best": {"miou": best["miou"], "step": best["step"], "of_steps": total}}
 
 
-QUERY_STATS = ("queried_class_pixels", "pool_class_pixels")  # {class name or "void": pixels}
+# {class name or "void": pixels}, and with a human oracle what the import took (oracle.import_record)
+QUERY_STATS = ("queried_class_pixels", "pool_class_pixels", "human_import")
 
 
 def with_query_stats(record: dict, metrics: dict) -> dict:

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.annotate import (AnnotationError, Task, cumulative, read_annotations, write_label_folder,
-                            write_task)
+from engine.annotate import (AnnotationError, Task, cumulative, read_annotations, read_imported,
+                            write_label_folder, write_task)
 
 
 def _region(shape, rows, cols):
@@ -43,9 +43,10 @@ def test_the_task_follows_the_manifest_contract(task):
     folder = manifest_path.parent
     manifest = json.loads(manifest_path.read_text())
     assert manifest == {"stage": "query1", "classes": ["sky", "road", "car"], "ignore_index": 255, "items": [
-        {"id": "a", "image": "/data/a.png", "regions": "regions/a.png", "label": "labels/a.png"},
+        {"id": "a", "image": "/data/a.png", "regions": "regions/a.png", "label": "labels/a.png",
+         "height": 6, "width": 8, "boxes": []},
         {"id": "city/b", "image": "images/city__b.png", "regions": "regions/city__b.png",
-         "label": "labels/city__b.png"}]}
+         "label": "labels/city__b.png", "height": 6, "width": 8, "boxes": []}]}
     for item in manifest["items"]:
         png = cv2.imread(str(folder / item["regions"]), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(png, np.where(regions[item["id"]], 255, 0))   # 255 = to label
@@ -119,7 +120,9 @@ def test_human_labels_accumulate_and_their_folder_appears_whole(tmp_path):
     (stale / "junk.png").write_bytes(b"left by a killed import")
     write_label_folder(tmp_path / "stage" / "human_labels", {"a/b": new}, selection)
     assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == ["human_labels"]
-    assert sorted(p.name for p in (tmp_path / "stage" / "human_labels").iterdir()) == ["a__b.png", "selection.npz"]
+    folder = tmp_path / "stage" / "human_labels"
+    assert sorted(p.name for p in folder.iterdir()) == ["a__b.png", "imported.json", "selection.npz"]
+    assert read_imported(folder) == ["a/b"]  # the ids the import took (a partial import names fewer)
 
 
 def test_views_read_each_images_newest_human_labels_and_reuse_brings_them_along(tmp_path):
@@ -341,3 +344,63 @@ def test_the_annotators_labels_not_the_ground_truth_are_what_the_run_learns_from
     assert stage["labeled_pixel_pct"] == gt_stage["labeled_pixel_pct"]
     final, reference = final_weights(run), final_weights(gt_run)
     assert any(not np.array_equal(final[k].numpy(), reference[k].numpy()) for k in final)
+
+
+# ---------------------------------------------------------------- a campaign: partial imports, more cycles
+@pytest.fixture(scope="module")
+def campaign(demo_base):
+    """query1 asks 8 images; the annotator labels 3 (copying the ground truth) and imports them
+    with --import-partial; then the campaign grows by query2 (the demo's own, no --overwrite)."""
+    run, truth = demo_base / "campaign", _ground_truth(demo_base)
+    steps = {"ask": _demo(demo_base, "campaign", "query.oracle=human")}
+    manifest = json.loads((run / "01_query1" / "annotate" / "manifest.json").read_text())
+    labelled = [item["id"] for item in manifest["items"][:3]]
+    for item in manifest["items"][:3]:
+        _write_label(run / "01_query1" / "annotate" / item["label"], truth[item["id"]])
+    steps["without flag"] = _demo(demo_base, "campaign", "query.oracle=human")
+    steps["waiting summary"] = json.loads((run / "summary.json").read_text())
+    steps["partial"] = _demo(demo_base, "campaign", "query.oracle=human", "--import-partial")
+    grown = [a for a in DEMO if a != "stages.query2=null"] + ["stages.query2.epochs=1"]
+    from tests.pipeline_helpers import run_script
+    steps["grown"] = run_script("train_al.py", "demo", *grown, f"data.root={demo_base / 'data'}",
+                                f"output_dir={run}", "query.oracle=human")
+    return {"run": run, "steps": steps, "labelled": labelled, "items": [i["id"] for i in manifest["items"]]}
+
+
+@pytest.mark.slow
+def test_a_partial_import_reveals_only_the_labelled_images_with_exact_pixels(campaign):
+    from engine.run import EXIT_AWAITING_LABELS
+    steps, run = campaign["steps"], campaign["run"]
+    assert steps["ask"].returncode == EXIT_AWAITING_LABELS
+    assert steps["without flag"].returncode == EXIT_AWAITING_LABELS, steps["without flag"].stderr[-2000:]
+    assert "5 of 8 label files are missing" in steps["without flag"].stdout
+    assert steps["waiting summary"]["waiting"]["label_files_missing"] == 5
+    assert steps["partial"].returncode == 0, steps["partial"].stderr[-3000:]
+    ids, new, initial = _new_cells(run)
+    revealed = sorted(ids[i] for i in np.flatnonzero(new.any(axis=(1, 2))))
+    assert revealed == sorted(campaign["labelled"])  # the 5 others stay unlabelled
+    assert all(new[ids.index(i)].sum() == 4 for i in revealed)
+    record = json.loads((run / "01_query1" / "metrics.json").read_text())
+    pixels = initial.sum() * REGION * REGION + 3 * 4 * REGION * REGION  # by hand: 16x16 cells tile 96x128
+    assert record["record"]["labeled_pixel_pct"] == pytest.approx(100.0 * pixels / (10 * 96 * 128), abs=1e-9)
+    imported = record["human_import"]
+    assert imported == {"images_asked": 8, "images_labelled": 3, "regions_asked": 32, "regions_labelled": 12,
+                        "pixels_asked": 32 * REGION * REGION, "pixels_labelled": 12 * REGION * REGION,
+                        "not_labelled": sorted(set(campaign["items"]) - set(campaign["labelled"]))}
+    summary_stage = [s for s in json.loads((run / "summary.json").read_text())["stages"] if s["name"] == "query1"][0]
+    assert summary_stage["human_import"] == imported
+
+
+@pytest.mark.slow
+def test_a_campaign_grows_in_place_and_asks_again_for_the_unlabelled_images(campaign):
+    from engine.run import EXIT_AWAITING_LABELS
+    grown, run = campaign["steps"]["grown"], campaign["run"]
+    assert grown.returncode == EXIT_AWAITING_LABELS, grown.stderr[-3000:]
+    assert "already finished" in grown.stdout and "different config" not in grown.stderr
+    manifest = json.loads((run / "02_query2" / "annotate" / "manifest.json").read_text())
+    asked = {item["id"] for item in manifest["items"]}
+    not_labelled = set(campaign["items"]) - set(campaign["labelled"])
+    assert not_labelled <= asked  # never labelled: still unlabelled, asked again
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["state"] == "waiting_for_labels" and summary["waiting"]["stage"] == "query2"
+    assert [s["name"] for s in summary["stages"]] == ["teacher", "query1"]

@@ -183,3 +183,29 @@ def test_training_learns_something(al_run, tmp_path):
                          src, cfg, DistContext(), amp="none")["miou"]
     trained = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"][0]["miou"]
     assert trained > untrained + 5.0, (untrained, trained)
+
+
+def test_init_from_compares_with_the_source_runs_saved_config(al_run, tmp_path):
+    """Regression (issue 22): `init_from=X query.oracle=human` once re-applied the command line to
+    X's config, found them equal and reused X's ground-truth query1 in a run recorded as human.
+    The saved config.yaml of X says oracle ground_truth: query1 must be computed here (and wait
+    for a person), the teacher and student (which no query setting touches) reused."""
+    from engine.run import EXIT_AWAITING_LABELS
+    args = (f"init_from={al_run['config']}", "query.oracle=human", f"output_dir={tmp_path / 'h'}")
+    dry = run_script("train_al.py", al_run["config"], *args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    described = {line.split(":")[0]: line for line in dry.stdout.splitlines() if line.startswith("stage ")}
+    assert "reused)" in described["stage 0 teacher"] and "reused)" in described["stage 1 student"]
+    assert "reused" not in described["stage 2 query1"]
+    result = run_script("train_al.py", al_run["config"], *args)
+    assert result.returncode == EXIT_AWAITING_LABELS, result.stderr[-2000:]
+    assert result.stdout.count("] reused from ") == 2 and "[query1] reused" not in result.stdout
+    assert (tmp_path / "h" / "02_query1" / "annotate" / "manifest.json").is_file()
+    assert not (tmp_path / "h" / "02_query1" / "metrics.json").exists()
+    # A stage the source run does not have is never announced as reusable.
+    more = run_script("train_al.py", al_run["config"], f"init_from={al_run['config']}", f"output_dir={tmp_path / 'g'}",
+                      "stages.query2={kind: query, batch_labeled: 1, batch_unlabeled: 2, init: teacher}", "--dry-run")
+    assert more.returncode == 0, more.stderr[-2000:]
+    query2 = next(line for line in more.stdout.splitlines() if line.startswith("stage 3 query2"))
+    assert "reused" not in query2
+    assert "(same as in" in next(line for line in more.stdout.splitlines() if line.startswith("stage 2 query1"))
