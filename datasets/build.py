@@ -18,7 +18,8 @@ DATASETS = ("camvid", "cityscapes", "synthetic", "folder")
 
 def build_source(dataset: str, root: str | os.PathLike, split: str, resize=None, *,
                  classes: Sequence[str] | None = None, ignore_index: int = IGNORE_INDEX,
-                 label_map: Mapping[int, int] | None = None, palette=None) -> SegmentationSource:
+                 label_map: Mapping[int, int] | None = None, palette=None,
+                 unlabeled_ok: bool = False) -> SegmentationSource:
     """Index one split and check that each of its files exists (no image is decoded here).
 
     dataset: "camvid" | "cityscapes" | "synthetic" | "folder" (synthetic = a generated set in
@@ -26,7 +27,8 @@ def build_source(dataset: str, root: str | os.PathLike, split: str, resize=None,
     folder = your own data, see folder.py). split: a split name ("train", "val", "test") or a
     path to a list file of `image label` lines relative to `root`. resize: None (native size)
     or (h, w). classes / ignore_index / label_map / palette: the folder dataset's settings
-    (the other datasets define their own and refuse them).
+    (the other datasets define their own and refuse them). unlabeled_ok: the folder dataset
+    may list images without label (query.oracle=human's pool; the other data sets are labelled).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
@@ -40,7 +42,7 @@ def build_source(dataset: str, root: str | os.PathLike, split: str, resize=None,
         source = build_cityscapes(root, split, resize=resize)
     elif dataset == "folder":
         source = build_folder(root, split, classes=classes, resize=resize, ignore_index=ignore_index,
-                              label_map=label_map, palette=palette)
+                              label_map=label_map, palette=palette, unlabeled_ok=unlabeled_ok)
     else:
         source = build_camvid(root, split, resize=resize, name=dataset)
     source.check_files()

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .cache import ResizedCache, png_size
-from .classes import INVALID, check_palette, default_palette
+from .classes import IGNORE_INDEX, INVALID, check_palette, default_palette
 # read_rgb / read_label_png are looked up here at read time (tests replace them to count decodes).
 from .decode import check_utf8_name, printable, read_label_png, read_rgb  # noqa: F401
 
@@ -24,7 +24,7 @@ from .decode import check_utf8_name, printable, read_label_png, read_rgb  # noqa
 class SourceEntry:
     id: str
     image_path: str
-    label_path: str
+    label_path: str | None  # None: an image nobody has labelled yet (a person's query pool)
     label_lut: np.ndarray  # 256-entry raw value -> train id table, see classes.py
 
 
@@ -58,11 +58,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def paired_folder_entries(image_dir: Path, label_dir: Path, lut: np.ndarray, *, what: str,
-                          list_file: Path) -> list[SourceEntry]:
+                          list_file: Path, unlabeled_ok: bool = False) -> list[SourceEntry]:
     """Pair every `<image_dir>/<stem>.png|jpg` with `<label_dir>/<stem>.png`, sorted by stem; a
-    missing folder or label is an error naming it (`what` says which split of which data set)."""
+    missing folder or label is an error naming it (`what` says which split of which data set).
+    With `unlabeled_ok` (a pool a person labels), an image without label (or no label folder at
+    all) is an entry with label_path None."""
     for folder in (image_dir, label_dir):
-        if not folder.is_dir():
+        if not folder.is_dir() and not (unlabeled_ok and folder == label_dir):
             raise FileNotFoundError(f"{what}: folder not found: {folder} (and no list file {list_file})")
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     entries = []
@@ -70,13 +72,16 @@ def paired_folder_entries(image_dir: Path, label_dir: Path, lut: np.ndarray, *, 
         check_utf8_name(image_path)
         label_path = label_dir / f"{image_path.stem}.png"
         if not label_path.is_file():
-            raise FileNotFoundError(f"no label for image {image_path}: expected {label_path}")
-        entries.append(SourceEntry(image_path.stem, str(image_path), str(label_path), lut))
+            if not unlabeled_ok:
+                raise FileNotFoundError(f"no label for image {image_path}: expected {label_path}")
+            label_path = None
+        entries.append(SourceEntry(image_path.stem, str(image_path), label_path and str(label_path), lut))
     return entries
 
 
-def read_list_file(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """Parse a split list: one `image label` pair per non-empty line."""
+def read_list_file(path: str | os.PathLike, unlabeled_ok: bool = False) -> list[tuple[str, str | None]]:
+    """Parse a split list: one `image label` pair per non-empty line (with `unlabeled_ok`, also
+    `image` alone: an image nobody has labelled yet, label None)."""
     path = Path(path)
     if not path.is_file():
         where = "" if path.is_absolute() else f" (a split given as a path is relative to the current folder, {printable(Path.cwd())})"
@@ -90,8 +95,13 @@ def read_list_file(path: str | os.PathLike) -> list[tuple[str, str]]:
         fields = line.split()
         if not fields:
             continue
+        if len(fields) == 1 and unlabeled_ok:
+            pairs.append((fields[0], None))
+            continue
         if len(fields) != 2:
-            raise ValueError(f"{path}:{line_no}: expected 'image label', got {line!r}")
+            raise ValueError(f"{path}:{line_no}: expected 'image label', got {line!r}"
+                             + (" (image-only lines are for a pool a person labels: query.oracle=human)"
+                                if len(fields) == 1 else ""))
         pairs.append((fields[0], fields[1]))
     if not pairs:
         raise ValueError(f"split list file lists no images: {path}")
@@ -131,7 +141,8 @@ class SegmentationSource:
         seen: dict[str, str] = {}
         for entry in self._entries:
             check_utf8_name(entry.image_path)
-            check_utf8_name(entry.label_path)
+            if entry.label_path is not None:
+                check_utf8_name(entry.label_path)
             if entry.id in seen:
                 raise ValueError(f"duplicate image id {entry.id!r}: {seen[entry.id]} and "
                                  f"{entry.image_path}")
@@ -149,14 +160,21 @@ class SegmentationSource:
     def image_path(self, i: int) -> str:
         return self._entries[i].image_path
 
-    def label_path(self, i: int) -> str:
+    def label_path(self, i: int) -> str | None:
         return self._entries[i].label_path
+
+    def has_label(self, i: int) -> bool:
+        """False for an image nobody has labelled yet (read() gives it an all-void label)."""
+        return self._entries[i].label_path is not None
+
+    def unlabeled(self) -> list[int]:
+        return [i for i, entry in enumerate(self._entries) if entry.label_path is None]
 
     def check_files(self) -> None:
         """Check that every listed file exists (no decoding, so it is cheap on big datasets)."""
         for entry in self._entries:
             for kind, path in (("image", entry.image_path), ("label", entry.label_path)):
-                if not os.path.isfile(path):
+                if path is not None and not os.path.isfile(path):
                     raise FileNotFoundError(f"{kind} file listed for {entry.id!r} not found: {path}")
 
     def use_cache(self, folder: str | os.PathLike | None) -> None:
@@ -168,8 +186,8 @@ class SegmentationSource:
     def _cached(self, i: int) -> bool:
         """Whether read(i) goes through the cache: the working size shrinks image i (known from
         its label PNG's header, looked at once per process; a non-PNG label is cached)."""
-        if self.cache is None:
-            return False
+        if self.cache is None or self._entries[i].label_path is None:
+            return False  # an unlabelled image is read directly (the cache keys on its label)
         if i not in self._shrinks:
             try:
                 size = png_size(self._entries[i].label_path)
@@ -190,6 +208,9 @@ class SegmentationSource:
 
     def _decode(self, entry: SourceEntry) -> tuple[np.ndarray, np.ndarray]:
         img = read_rgb(entry.image_path)
+        if entry.label_path is None:  # not labelled yet: every pixel void (never trained on)
+            lab = np.full(img.shape[:2], IGNORE_INDEX, np.uint8)
+            return resize_pair(img, lab, self.resize) if self.resize is not None else (img, lab)
         raw = read_label_png(entry.label_path)
         if img.shape[:2] != raw.shape:
             raise ValueError(f"image/label size mismatch: {entry.image_path} is "
@@ -204,4 +225,6 @@ class SegmentationSource:
         """(H, W) at the working resolution (decodes the label only when not resized)."""
         if self.resize is not None:
             return self.resize
+        if self._entries[i].label_path is None:
+            return read_rgb(self._entries[i].image_path).shape[:2]
         return read_label_png(self._entries[i].label_path).shape

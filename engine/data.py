@@ -31,11 +31,13 @@ def prepare_data_root(cfg) -> None:
         raise FileNotFoundError(f"data.root: dataset folder not found: {cfg.data.root}")
 
 
-def source(cfg, split: str) -> SegmentationSource:
+def source(cfg, split: str, unlabeled_ok: bool = False) -> SegmentationSource:
+    """A split of the config's data set. `unlabeled_ok`: images without a label file are allowed
+    (only the training pool of a query.oracle=human run asks for it)."""
     d = cfg.data
     kind = "camvid" if d.dataset == "synthetic" else d.dataset
     src = build_source(kind, d.root, split, resize=d.resize, classes=d.classes, ignore_index=d.ignore_index,
-                       label_map=d.label_map, palette=d.palette)
+                       label_map=d.label_map, palette=d.palette, unlabeled_ok=unlabeled_ok)
     src.use_cache(d.cache_dir)  # resized pairs kept in data.cache_dir (only when data.resize is set)
     return src
 

@@ -44,13 +44,17 @@ class Experiment:
             data_utils.prepare_data_root(cfg)  # generated once, atomically, by rank 0
         dist_utils.barrier(ctx)
         synthetic_missing = cfg.data.dataset == "synthetic" and not Path(cfg.data.root).is_dir()
-        self.pool_src = None if synthetic_missing else data_utils.source(cfg, cfg.data.train_split)
+        # A person labels the queried regions: the pool's other images need no label file yet.
+        self.pool_src = None if synthetic_missing else data_utils.source(
+            cfg, cfg.data.train_split, unlabeled_ok=cfg.query.oracle == "human")
         self.eval_src = None if synthetic_missing else data_utils.source(cfg, cfg.data.eval_split)
         self.labeled_ids = None
         if cfg.data.labeled_split and not synthetic_missing:
             self.labeled_ids = data_utils.source(cfg, cfg.data.labeled_split).ids
         self.grid = self._grid() if self.pool_src is not None else None
         self._check_budget()
+        if self.pool_src is not None:
+            self._check_seed_labelled()
         self._initial = self._make_initial_pool() if self.pool_src is not None else None
         self.weights_note = pretrained_status(cfg.model.backbone, cfg.model.pretrained)
         if not dry_run and self._needs_pretrained():
@@ -60,6 +64,23 @@ class Experiment:
             raise ConfigError(f"init_from: run {cfg.init_from!r} has no run directory at {self.reuse_dir}; "
                               f"run it first (or remove init_from)")
         check_output_dir(cfg, overwrite)
+
+    def _check_seed_labelled(self) -> None:
+        """An unlabelled pool (query.oracle=human) needs the labelled seed named: data.labeled_split,
+        whose every image has its label file (a random draw could pick unlabelled images)."""
+        unlabeled = self.pool_src.unlabeled()
+        if not unlabeled:
+            return
+        first = self.pool_src.image_path(unlabeled[0])
+        if self.labeled_ids is None:
+            raise ConfigError(f"data.train_split {self.cfg.data.train_split!r}: {len(unlabeled)} images have no label "
+                              f"file (e.g. {first}); a pool a person labels needs data.labeled_split listing the "
+                              f"labelled seed images (`image label` lines)")
+        index = {image_id: i for i, image_id in enumerate(self.pool_src.ids)}
+        for image_id in self.labeled_ids:
+            if image_id in index and not self.pool_src.has_label(index[image_id]):
+                raise ConfigError(f"data.labeled_split lists {image_id!r}, which has no label file in "
+                                  f"data.train_split ({self.pool_src.image_path(index[image_id])})")
 
     def _needs_pretrained(self) -> bool:
         return any(s.init == "pretrained" for s in self.cfg.stages.values())
