@@ -228,6 +228,14 @@ def main() -> None:
     cfg = load_config_or_exit(args)
     if args.images and not args.save_predictions:
         fail("--images needs --save-predictions DIR (where the predictions are written)")
+    if args.save_predictions:  # found now, not after the whole evaluation
+        out, parent = Path(args.save_predictions), Path(args.save_predictions)
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            fail(f"--save-predictions {out}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK):
+            fail(f"--save-predictions {out}: {parent} is not writable")
     ctx = distributed.setup(cfg.runtime.device, cfg.runtime.dist_timeout_minutes)
     try:
         amp, _ = resolve_amp(cfg.runtime.amp, ctx.device)

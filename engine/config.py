@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from engine.config_limits import check_ranges
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
@@ -32,6 +34,18 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads `1e-4` as a float (YAML 1.1 demands `1.0e-4`)."""
 
 
+def _mapping_without_duplicates(loader, node, deep=False):
+    """A key written twice in one mapping is an error: YAML would keep the last one silently."""
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
@@ -43,10 +57,12 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=_Loader)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err}); save the file as UTF-8") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -457,6 +473,8 @@ def _check_consistency(cfg: dict, origins: dict) -> None:
     """Cross-key checks the per-key schema cannot express."""
     def fail(key, msg):
         raise ConfigError(f"{key} (from {origins.get(key, origins.get('__file__'))}): {msg}")
+
+    check_ranges(cfg, fail)  # values of the right type that the code cannot run
 
     positive = ["data.workers", "eval.batch_size", "eval.window_batch", "pseudo.batch_size",
                 "loss.num_queries", "loss.num_negatives",

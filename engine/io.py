@@ -13,19 +13,31 @@ import cv2
 import numpy as np
 
 
+class WriteFailed(OSError):
+    """A run file could not be written (full disk, no permission): one line naming it. The file
+    it would have replaced is unchanged, so a checkpoint written before is still the last good one."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success fsync it and move it over `path`."""
     from engine import faults
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield str(tmp)
+        faults.disk_full(path)  # test hook: this write fails as on a full disk
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         faults.reached(f"before_replace{path.suffix}")  # e.g. killed while saving a .pth
         os.replace(tmp, path)
+    except OSError as err:
+        if isinstance(err, WriteFailed):
+            raise
+        raise WriteFailed(f"cannot write {path}: {err.strerror or err} (nothing there was replaced: the last "
+                          f"good checkpoint is kept; free space or fix permissions, then run the same command "
+                          f"again to resume)") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -13,7 +13,7 @@ import torch
 from datasets import SegmentationView
 from engine import data as data_utils
 from engine import distributed as dist_utils
-from engine import faults, oracle
+from engine import faults, guard, oracle
 from engine.config import ConfigError, dump_config
 from engine.precision import configure_backends, resolve_amp
 from engine.io import atomic_write_npz, atomic_write_png, flat_name
@@ -100,6 +100,12 @@ class Experiment:
         q, n = self.cfg.query, len(self.pool_src) if self.pool_src is not None else None
         if n is not None and self.labeled_ids is None and round(q.initial_fraction * n) < 1:
             raise ConfigError(f"query.initial_fraction {q.initial_fraction} of {n} images labels no image")
+        labeled = len(set(self.labeled_ids)) if self.labeled_ids is not None else round(q.initial_fraction * (n or 0))
+        later = [name for name, s in self.cfg.stages.items() if s.kind != "supervised"]
+        if n is not None and labeled >= n and later:
+            what = "data.labeled_split" if self.labeled_ids is not None else f"query.initial_fraction {q.initial_fraction}"
+            raise ConfigError(f"{what} labels all {n} images of the pool, so stage {later[0]!r} ({self.cfg.stages[later[0]].kind}) "
+                              f"has no unlabeled image to pseudo-label; label fewer images or keep only supervised stages")
         if not self.has_queries or self.grid is None:
             return
         gh, gw = self.grid.shape
@@ -162,6 +168,8 @@ class Experiment:
         """Scan every image and label (bad data fails here, before a run directory exists),
         then create the run directory and the logger."""
         cfg, ctx = self.cfg, self.ctx
+        guard.lock(Path(cfg.output_dir), ctx)  # an existing run directory: before its files are read
+        self._check_finished_stages()  # also: a run reads only its own files (no link out of it)
         cache = Path(cfg.output_dir) / "data_check.npz"
         valid = None if self.overwrite else load_scan(cache, self.pool_src)
         if valid is None:
@@ -204,7 +212,9 @@ class Experiment:
         stage_dir = self.run.stage_dir(index, name)
         source_dir = self.reuse_source(index, name) if name in self.reusable else None
         if not RunDirectory.stage_done(stage_dir) and source_dir is not None and RunDirectory.stage_done(source_dir):
-            load_weights(source_dir / "weights.pth")  # an unsafe or damaged file is named where it is, never copied
+            guard.check_links(source_dir)
+            guard.read_record(source_dir / "weights.pth", load_weights,  # an unsafe or damaged file is named where it is, never copied
+                              f"it belongs to the init_from run {self.reuse_dir}: finish or repair that run, or remove init_from")
             if self.ctx.is_main:
                 copy_finished_stage(source_dir, stage_dir)
                 self.logger.log(f"[{name}] reused from {source_dir}")
@@ -214,12 +224,26 @@ class Experiment:
         if source_dir is not None and self.ctx.is_main:
             oracle.copy_human_labels(source_dir, stage_dir)  # no-op unless reused with human labels
         dist_utils.barrier(self.ctx)
-        record = read_stage_record(stage_dir)
+        record, pool, weights = read_finished(stage_dir)
         self.records.append(record)
         self.logger.log(f"[{name}] already finished: mIoU {record['miou']:.2f}")
         # A stage reused from a run without queries holds whole-image cells: refine them to our grid.
-        pool = LabelPool.load(stage_dir / "pool.npz").on_grid(self.grid)
-        return pool, load_weights(stage_dir / "weights.pth")
+        return pool.on_grid(self.grid), weights
+
+    def _check_finished_stages(self) -> None:
+        """Every finished stage this run will load (its own, or the init_from run's) is read once
+        before anything is written: a damaged or missing record is one line naming it, with the
+        run directory left as it was."""
+        if not self.overwrite:  # --overwrite replaces this run: its old files are not read
+            guard.check_links(Path(self.cfg.output_dir))
+        for index, name in enumerate(self.cfg.stages):
+            folders = [] if self.overwrite else [Path(self.cfg.output_dir) / RunDirectory.stage_folder(index, name)]
+            if name in self.reusable:
+                folders.append(self.reuse_source(index, name))
+            for folder in folders:
+                guard.check_links(folder)
+                if RunDirectory.stage_done(folder):
+                    read_finished(folder)
 
     # ------------------------------------------------------------------ pseudo labels (+ scores)
     def pseudo_label(self, index: int, name: str, teacher_state: dict, pool: LabelPool, *, score: bool) -> dict:
@@ -228,7 +252,10 @@ class Experiment:
         stage_dir = self.run.stage_dir(index, name)
         done = stage_dir / "pseudo_done.npz"
         if done.is_file():
-            return _load_pass(done)
+            try:
+                return _load_pass(done)
+            except guard.DAMAGED as err:  # a cache of the pass below: computed again
+                self.logger.log(f"warning: {done} is damaged ({type(err).__name__}); pseudo-labelling again")
         started = time.time()
         teacher = make_model(self.cfg, self.pool_src.num_classes, rep_head=False, noise=False, pretrained="none")
         transfer_weights(teacher, teacher_state)  # the teacher predicts only: no representation head
@@ -421,6 +448,17 @@ def results_table(records: list[dict], classes) -> str:
                         for c in classes)
         lines.append(f"{r['name']:<14}{r['kind']:<11}{r['labeled_pixel_pct']:>10.2f}{r['miou']:>7.2f}  {ious}")
     return "\n".join(lines)
+
+
+def read_finished(stage_dir: Path) -> tuple[dict, LabelPool, dict]:
+    """(summary record, pool, weights) of a finished stage folder; a file that is missing or does
+    not read is one line naming it, with what to do."""
+    def remedy() -> str:
+        return (f"restore it, or delete the stage folder {stage_dir} and those after it to compute them again "
+                f"(or start afresh: {guard.describe_overwrite(stage_dir.parent)})")
+    record = guard.read_record(stage_dir / "metrics.json", lambda p: read_stage_record(p.parent), remedy)
+    pool = guard.read_record(stage_dir / "pool.npz", LabelPool.load, remedy)
+    return record, pool, guard.read_record(stage_dir / "weights.pth", load_weights, remedy)
 
 
 def _save_pass(path: Path, out: dict, n: int, grid_shape) -> None:

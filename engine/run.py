@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -65,6 +64,9 @@ def fail(message: str) -> None:
     """One clear line on stderr and a non-zero exit (used for bad input before any work).
     Under torchrun every rank exits, and rank 0 alone prints: the line appears once."""
     from datasets.decode import printable  # a file name that is not UTF-8 must not make print() raise
+    if "tqdm" in sys.modules:  # a progress bar cut short: end its line, so the error has its own
+        for bar in list(getattr(sys.modules["tqdm"].tqdm, "_instances", ())):
+            bar.close()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"error: {printable(' '.join(str(message).split()))}", file=sys.stderr)
     raise SystemExit(2)
@@ -72,17 +74,27 @@ def fail(message: str) -> None:
 
 @contextlib.contextmanager
 def exit_on_input_error() -> Iterator[None]:
-    """Around a script's stage loop: a RunInputError becomes `fail(message)` (one `error:` line,
-    exit code 2) instead of a traceback. Any other exception is a bug and keeps its traceback."""
+    """Around a script's stage loop: bad input found mid-run (RunInputError, an unreadable image,
+    a write that failed, a non-finite loss) becomes `fail(message)` (one `error:` line, exit code
+    2) instead of a traceback. Any other exception is a bug and keeps its traceback."""
+    from datasets.decode import ImageReadError
+    from engine.io import WriteFailed
+    from engine.trainer import NonFiniteLoss
     try:
         yield
-    except RunInputError as err:
-        fail(str(err))
+    except (RunInputError, ImageReadError, FileNotFoundError, WriteFailed, NonFiniteLoss) as err:
+        # Bad input met mid-run: a file damaged or gone since the scan (raised in a loader
+        # worker, it arrives with the worker's traceback in its text: its last line is the
+        # message), a full disk, a loss that left the finite numbers.
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        message = lines[-1] if lines else type(err).__name__
+        fail(message.split(": ", 1)[1] if message.startswith(("datasets.", "FileNotFoundError:")) else message)
 
 
 def comparable_config(cfg_dict: dict) -> dict:
     """The config without the execution-only keys (they may differ between runs that share results)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg_dict.items()}
+    out.pop("output_dir", None)  # where the run lives: a run directory moved elsewhere still resumes
     for section, key in _EXECUTION_ONLY:
         out.get(section, {}).pop(key, None)
     return out
@@ -107,25 +119,35 @@ def grows(previous: dict, current: dict) -> bool:
     return len(after) > len(before) and list(after.items())[:len(before)] == list(before.items())
 
 
+def _read_saved_config(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        saved = yaml.safe_load(f)
+    if not isinstance(saved, dict):
+        raise ValueError(f"expected a mapping, got {type(saved).__name__}")
+    return saved
+
+
 def check_output_dir(cfg, overwrite: bool) -> None:
     """Refuse (before anything is written) a directory of another run or one we cannot write."""
+    from engine import guard
     root = Path(cfg.output_dir)
     saved = root / "config.yaml"
+    if overwrite:
+        guard.check_overwrite(root, cfg)  # only a run directory of this project, never data or configs
     if root.exists() and not overwrite:
-        if saved.is_file():
-            with open(saved) as f:
-                previous = yaml.safe_load(f)
+        if root.is_dir() and saved.is_file():
+            previous = guard.read_record(saved, _read_saved_config, lambda: f"restore it, or {guard.describe_overwrite(root)}")
             previous, current = comparable_config(previous), comparable_config(cfg.to_dict())
             if grows(previous, current):  # a campaign with more query cycles continues in place
                 previous, current = {**previous, "stages": None}, {**current, "stages": None}
             diffs = _differences(previous, current)
             if diffs:
                 raise ConfigError(f"output_dir {root} holds a run with a different config "
-                                  f"({'; '.join(diffs[:5])}); pass --overwrite to replace it or "
-                                  f"choose another output_dir")
-        elif any(root.iterdir()):
-            raise ConfigError(f"output_dir {root} exists, is not empty and has no config.yaml; "
-                              f"refusing to write into it (pass --overwrite to replace it)")
+                                  f"({'; '.join(diffs[:5])}); choose another output_dir, or "
+                                  f"{guard.describe_overwrite(root)}")
+        elif root.is_dir() and any(root.iterdir()):
+            raise ConfigError(f"output_dir {root} exists, is not empty and has no config.yaml, so it is not a "
+                              f"run directory; refusing to write into it (choose another output_dir)")
     parent = root
     while not parent.exists():
         parent = parent.parent
@@ -139,12 +161,18 @@ class RunDirectory:
     def __init__(self, cfg, ctx, overwrite: bool):
         self.root = Path(cfg.output_dir)
         self.ctx = ctx
+        from engine import guard
+        moved = None
         if ctx.is_main:
-            if overwrite and self.root.exists():
-                shutil.rmtree(self.root)
             self.root.mkdir(parents=True, exist_ok=True)
+        guard.lock(self.root, ctx)  # no-op when start() took it already
+        if ctx.is_main:
+            if overwrite:
+                moved = guard.clear_run(self.root)  # checked as a run directory before anything was written
             remove_stale_temporaries(self.root)
             save_config(cfg, self.root / "config.yaml")
+            if moved is not None:
+                print(f"--overwrite: the annotator's label files of the old run are in {moved}")
         dist_utils.barrier(ctx)
 
     @staticmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,17 @@ def load_scan(cache: Path, src) -> np.ndarray | None:
     """A previous scan of the same images, saved in the run directory, or None."""
     if not cache.is_file():
         return None
-    data = np.load(cache, allow_pickle=False)
-    return data["valid"] if list(data["ids"]) == list(src.ids) else None
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            ids, valid = list(data["ids"]), data["valid"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        # A cache of the scan (a pickled or damaged file is never trusted): the scan runs again.
+        print(f"warning: {cache} is damaged ({type(err).__name__}: {' '.join(str(err).split())[:120]}); "
+              f"checking the images again")
+        return None
+    if ids != list(src.ids) or valid.ndim != 3 or len(valid) != len(ids) or valid.dtype.kind not in "iu":
+        return None
+    return valid
 
 
 def save_scan(cache: Path, src, valid: np.ndarray) -> None:
@@ -146,6 +156,7 @@ def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name:
     # Training time survives kills (it is kept in the checkpoints); add this evaluation's time.
     wall = train_info["train_time_s"] + (time.time() - eval_started) + extra_wall_s
     record = stage_record(name, stage, metrics, labeled_pct, wall, evals=train_info["evals"])
+    record["world_size"] = ctx.world_size  # per stage: a resumed run may use another one for later stages
     logger.scalars({"summary/miou": metrics["miou"], "summary/labeled_pixel_pct": labeled_pct,
                     **{f"iou/{c}": v for c, v in metrics["per_class_iou"].items()}}, index)
     logger.log(f"[{name}] mIoU {metrics['miou']:.2f}  labeled pixels {labeled_pct:.2f}%")

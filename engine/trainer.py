@@ -46,6 +46,7 @@ from engine import faults
 from engine.data import stream_loader
 from engine.optim import make_optimizer, set_poly_lr
 from engine.precision import autocast
+from engine.run import RunInputError
 from losses.ce import masked_cross_entropy
 from losses.reco import reco_loss
 
@@ -168,12 +169,13 @@ def train_phase(model, *, stage, stage_name: str, cfg, ctx, amp: str, labeled_vi
     start, best, evals, skipped, train_time = 0, None, [], 0, 0.0
     state = ckpt.load_latest(ckpt_dir, warn=logger.log)
     if state is not None:
+        if len(state["rng"]) != ctx.world_size:  # each rank's RNG streams: a stage cannot change it midway
+            raise RunInputError(f"{ckpt_dir}: stage {stage_name!r} was started with {len(state['rng'])} "
+                                f"processes, this run has {ctx.world_size}; resume it with the same world size, "
+                                f"or delete {ckpt_dir} to restart the stage (finished stages are kept)")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        if len(state["rng"]) != ctx.world_size:
-            raise RuntimeError(f"{ckpt_dir}: checkpoint was written by {len(state['rng'])} processes, "
-                               f"this run has {ctx.world_size}; resume with the same world size")
         generator.set_state(state["generator"][ctx.rank])
         start, best, evals = state["step"], state["best_miou"], state["evals"]
         skipped, train_time = state["skipped_steps"], state["train_time_s"]

@@ -192,8 +192,12 @@ def main(argv=None):
     parser.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides appended to every command")
     args = parser.parse_args(argv)
-    commands = build_commands(args.table, args.configs_dir, args.nproc, args.overrides,
-                              args.seed, args.only)
+    try:
+        commands = build_commands(args.table, args.configs_dir, args.nproc, args.overrides,
+                                  args.seed, args.only)
+    except (ValueError, OSError) as err:  # a bad argument or config file: one line, nothing run
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     summarize_argv = ["python", "experiments/summarize.py", args.runs_dir]
     if args.dry_run:
         for _, command in commands:

@@ -146,14 +146,22 @@ def read_summary(path):
                device=device, stages=stages, num_stages=num_stages)
 
 
-def load_runs(runs_dir):
-    """{config name: [Run, ...]} for every summary.json under runs_dir (sorted by run dir)."""
+def load_runs(runs_dir, skipped=None):
+    """{config name: [Run, ...]} for every summary.json under runs_dir (sorted by run dir).
+    With a `skipped` list, an unreadable summary is appended to it as (path, why) and the other
+    runs are still read; without one it is an error."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"runs directory not found: {runs_dir}")
     runs = {}
     for path in sorted(runs_dir.rglob("summary.json")):
-        run = read_summary(path)
+        try:
+            run = read_summary(path)
+        except (ValueError, OSError) as err:
+            if skipped is None:
+                raise
+            skipped.append((path, str(err)))
+            continue
         runs.setdefault(run.config, []).append(run)
     return runs
 

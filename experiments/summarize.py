@@ -354,7 +354,10 @@ def build_report(paper, runs, runs_dir, plot_note=None):
 def summarize(runs_dir, paper_path=DEFAULT_PAPER_RESULTS, plot_path=None):
     """Build the report text (and write the plot when plot_path is given)."""
     paper = load_paper_results(paper_path)
-    runs = load_runs(runs_dir)
+    skipped = []
+    runs = load_runs(runs_dir, skipped)
+    for path, why in skipped:
+        print(f"warning: skipped {path}: {why}", file=sys.stderr)
     plot_note = None
     if plot_path is not None:
         from experiments.plot import plot_fig3  # matplotlib is optional: only needed here
@@ -363,7 +366,11 @@ def summarize(runs_dir, paper_path=DEFAULT_PAPER_RESULTS, plot_path=None):
             cpu_plot = Path(plot_path).with_name(Path(plot_path).stem + "_cpu.png")
             cpu_proxy.plot_cpu_proxy(paper, runs, cpu_plot)
             plot_note = (plot_path, plot_note[1], cpu_plot)
-    return build_report(paper, runs, runs_dir, plot_note)
+    report = build_report(paper, runs, runs_dir, plot_note)
+    if skipped:
+        report += "\n\n## Skipped runs (unreadable summary.json)\n\n" + "\n".join(
+            f"- `{path}`: {why}" for path, why in skipped) + "\n"
+    return report
 
 
 def main(argv=None):
@@ -376,7 +383,11 @@ def main(argv=None):
     parser.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     parser.add_argument("--paper", default=str(DEFAULT_PAPER_RESULTS), help="paper numbers (YAML)")
     args = parser.parse_args(argv)
-    text = summarize(args.runs_dir, args.paper, None if args.no_plot else args.plot)
+    try:
+        text = summarize(args.runs_dir, args.paper, None if args.no_plot else args.plot)
+    except (ValueError, OSError) as err:  # no runs folder, a bad paper-results file: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -9,6 +9,7 @@ classification layers DeepLabv3+ does not have, and they are listed here explici
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Dict, List
 
 import torch
@@ -86,8 +87,11 @@ def read_state_file(path: str) -> Dict[str, torch.Tensor]:
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types; re-raised with the file named
-        raise ValueError(f"cannot read weights file {path}: {err}") from err
+    except pickle.UnpicklingError:  # torch's text would suggest weights_only=False, which could run code
+        raise ValueError(f"refused weights file {path}: it holds Python objects besides tensors, and loading "
+                         f"it could run code; use a plain state dict (torch.save(model.state_dict(), path))") from None
+    except Exception as err:  # not a torch file at all (truncated, another format)
+        raise ValueError(f"cannot read weights file {path}: {' '.join(str(err).split())[:200]}") from None
     if isinstance(obj, dict):
         for wrapper_key in ("state_dict", "model"):
             if wrapper_key in obj and isinstance(obj[wrapper_key], dict):
