@@ -41,3 +41,16 @@ def ssl_run(al_run, tmp_path_factory):
     result = run_script("train_ssl.py", cfg)
     assert result.returncode == 0, result.stderr[-3000:]
     return {"config": cfg, "run": base / "run", "data": al_run["data"], "labeled": ids}
+
+
+@pytest.fixture(scope="session")
+def ddp_run(al_run, tmp_path_factory):
+    """One uninterrupted 2-rank run (one node), shared by the agreement, one-process, kill/resume
+    and two-node tests."""
+    from tests.pipeline_helpers import DDP_STAGES, run_script, write_config
+
+    base = tmp_path_factory.mktemp("ddp")
+    cfg = write_config(base, "ddp", base / "run", al_run["data"], stages=DDP_STAGES)
+    result = run_script("train_al.py", cfg, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"config": cfg, "run": base / "run", "data": al_run["data"]}

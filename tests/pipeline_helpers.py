@@ -49,6 +49,14 @@ def write_config(folder: Path, name: str, output_dir: Path, data_root: Path, sta
     return path
 
 
+# Two gloo ranks (tests/test_reliability.py, tests/test_multinode.py): query1 is a noisy student, so
+# each rank draws its own dropout masks, yet weights, pools and resumes must agree. 4 steps, so a
+# kill at its 3rd step (train_step 9, after the teacher's 6) resumes from its step-2 checkpoint.
+DDP_STAGES = ("stages:\n  teacher: {kind: supervised, batch_labeled: 2}\n"
+              "  query1: {kind: query, batch_labeled: 1, batch_unlabeled: 2, noise: true, init: teacher, "
+              "epochs: 1, iters_per_epoch: 4}\n")
+
+
 SSL_STAGES = """
 stages:
   teacher: {kind: supervised, batch_labeled: 2}

@@ -13,8 +13,8 @@ import torch
 
 from datasets import build_source
 from datasets.synthetic import generate_synthetic
-from tests.pipeline_helpers import (REPO, assert_same_weights, final_weights, leftover_temporaries, pool_cells,
-                                    run_script, write_config, write_ssl_config)
+from tests.pipeline_helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, leftover_temporaries,
+                                    pool_cells, run_script, write_config, write_ssl_config)
 
 pytestmark = pytest.mark.slow
 
@@ -91,22 +91,8 @@ def test_truncated_checkpoint_is_reported_and_the_previous_one_used(al_run, tmp_
 
 
 # --------------------------------------------------------------------------- two gloo ranks
-# query1 is a noisy student: each rank draws its own dropout masks, yet weights, pools and
-# resumes must agree. 4 steps, so a kill at its 3rd step (train_step 9, after the teacher's 6)
-# resumes from its step-2 checkpoint.
-DDP_STAGES = ("stages:\n  teacher: {kind: supervised, batch_labeled: 2}\n"
-              "  query1: {kind: query, batch_labeled: 1, batch_unlabeled: 2, noise: true, init: teacher, "
-              "epochs: 1, iters_per_epoch: 4}\n")
-
-
-@pytest.fixture(scope="module")
-def ddp_run(al_run, tmp_path_factory):
-    """One uninterrupted 2-rank run, shared by the agreement, one-process and kill/resume tests."""
-    base = tmp_path_factory.mktemp("ddp")
-    cfg = write_config(base, "ddp", base / "run", al_run["data"], stages=DDP_STAGES)
-    result = run_script("train_al.py", cfg, nproc=2)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return {"config": cfg, "run": base / "run", "data": al_run["data"]}
+# DDP_STAGES and the `ddp_run` fixture (one uninterrupted 2-rank run) are in tests/pipeline_helpers.py
+# and tests/conftest.py: tests/test_multinode.py compares a two-node run with the same run.
 
 
 def _stages(run_dir):

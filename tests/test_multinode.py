@@ -1,0 +1,125 @@
+"""Training beyond one machine, tested on one: two `torchrun` launchers act as two nodes
+(--nnodes 2 --node-rank 0/1, c10d rendezvous on 127.0.0.1, one gloo process each) and run the tiny
+AL config end to end. They must give what the same run on one node with two processes gives (the
+`ddp_run` fixture: same world size, so bit-identical weights, pools and mIoUs) and select the cells
+a one-process run selects from the same teacher. A folder rank 0 writes that another rank cannot
+see (a node without the shared file system) is refused at start-up."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch.multiprocessing as mp
+
+from engine import distributed
+from tests.pipeline_helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, pool_cells, run_script,
+                                    write_config)
+
+pytestmark = pytest.mark.slow
+STAGES = ("00_teacher", "01_query1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(node_rank: int, port: int, config) -> subprocess.Popen:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    for hook in ("S4AL_DIE_AT", "S4AL_PERTURB_RANK"):
+        env.pop(hook, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node_rank),
+           "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+           "--rdzv-id", "two-node-test", "--rdzv-conf", f"is_host={'true' if node_rank == 0 else 'false'}",
+           "--local-addr", "127.0.0.1", "train_al.py", "--config", str(config)]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(ddp_run, tmp_path_factory):
+    base = tmp_path_factory.mktemp("two_nodes")
+    cfg = write_config(base, "ddp", base / "run", ddp_run["data"], stages=DDP_STAGES)
+    port = _free_port()
+    nodes = [_node(rank, port, cfg) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    return {"config": cfg, "run": base / "run", "data": ddp_run["data"], "stdout": outputs[0][0]}
+
+
+def _metrics(run, stage):
+    return json.loads((run / stage / "metrics.json").read_text())
+
+
+def test_two_nodes_equal_one_node_with_two_processes(two_nodes, ddp_run):
+    ours, theirs = two_nodes["run"], ddp_run["run"]
+    summary = json.loads((ours / "summary.json").read_text())
+    assert summary["finished"] and summary["world_size"] == 2
+    for stage in STAGES:
+        mine, other = _metrics(ours, stage), _metrics(theirs, stage)
+        digests = mine["weights_sha256_per_rank"]
+        assert len(digests) == 2 and digests[0] == digests[1], stage  # the two nodes agree
+        assert digests == other["weights_sha256_per_rank"], stage       # ... with one node's run
+        assert mine["pool_sha256_per_rank"] == other["pool_sha256_per_rank"], stage
+        assert (pool_cells(ours / stage / "pool.npz") == pool_cells(theirs / stage / "pool.npz")).all()
+    theirs_summary = json.loads((theirs / "summary.json").read_text())
+    assert [s["miou"] for s in summary["stages"]] == [s["miou"] for s in theirs_summary["stages"]]
+    assert_same_weights(final_weights(ours), final_weights(theirs))
+    # the query did select cells (so the equal pools are not both just the initial one)
+    assert (pool_cells(ours / "01_query1" / "pool.npz") != pool_cells(ours / "00_teacher" / "pool.npz")).any()
+    assert "process group gloo" in two_nodes["stdout"]
+
+
+def test_one_process_selects_what_the_two_nodes_selected(two_nodes, tmp_path):
+    # One process reuses the two-node teacher (init_from), then pseudo-labels, scores and selects alone.
+    stages = DDP_STAGES.replace("iters_per_epoch: 4", "iters_per_epoch: 1")
+    cfg = write_config(tmp_path, "one", tmp_path / "one", two_nodes["data"], stages=stages,
+                       extra=f"init_from: {two_nodes['config']}\n")
+    result = run_script("train_al.py", cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("] reused from ") == 1
+    ours, theirs = tmp_path / "one" / "01_query1", two_nodes["run"] / "01_query1"
+    one, two = np.load(ours / "pseudo_done.npz"), np.load(theirs / "pseudo_done.npz")
+    np.testing.assert_allclose(one["scores"], two["scores"], rtol=1e-5, atol=1e-6)
+    assert (pool_cells(ours / "pool.npz") == pool_cells(theirs / "pool.npz")).all()
+
+
+# --------------------------------------------------------------------------- a folder not shared
+def _check_worker(rank: int, port: int, cases: list[list[str]], out: str) -> None:
+    """Each case: the folder each rank looks at (the same path, seen from each node)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    ctx = distributed.setup("cpu", timeout_minutes=2)
+    messages = []
+    try:
+        for folders in cases:
+            try:
+                distributed.check_shared_folder(folders[rank], ctx, "output_dir", wait_s=1.0)
+                messages.append("passed")
+            except ValueError as err:
+                messages.append(str(err))
+    finally:
+        distributed.cleanup()
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(messages, f)
+
+
+def test_a_folder_another_node_does_not_see_is_refused_on_every_rank(tmp_path):
+    shared, node0, node1 = tmp_path / "shared", tmp_path / "node0", tmp_path / "node1" / "node0"
+    for folder in (shared, node0, node1):
+        folder.mkdir(parents=True)
+    # Case 2: rank 1 looks at its own disk, where the same path name is another folder.
+    cases = [[str(shared), str(shared)], [str(node0), str(node1)]]
+    mp.spawn(_check_worker, args=(_free_port(), cases, str(tmp_path)), nprocs=2, join=True)
+    messages = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [m[0] for m in messages] == ["passed", "passed"]
+    for (_, message), folder in zip(messages, (node0, node1)):  # refused on both ranks, each naming its view
+        assert message.startswith(f"output_dir {folder} is not shared between the nodes: rank 1 on "), message
+        assert "1 of 2 ranks do not" in message
+    assert [list(f.iterdir()) for f in (shared, node0, node1)] == [[], [], []]  # no probe left behind
