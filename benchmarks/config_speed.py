@@ -40,9 +40,13 @@ def peak_memory_mib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_steps(cfg, stage, device, amp: str, steps: int, warmup: int) -> tuple[float, float]:
+def time_steps(cfg, stage, device, amp: str, steps: int, warmup: int, model=None) -> tuple[float, float]:
+    """(seconds per step, peak memory MiB) of `steps` training steps after `warmup` ones. `model`:
+    the stage's network to reuse (built by `make_model` as here); a fresh one when None."""
     num_classes = config_num_classes(cfg)
-    model = make_model(cfg, num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none").to(device)
+    if model is None:
+        model = make_model(cfg, num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none")
+    model = model.to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()

@@ -144,19 +144,23 @@ IMPLEMENTATIONS = {"ours": reco_loss, "compact_host_reads": compact_host_reads_r
 
 
 
-def make_inputs(device, seed=0, present=NUM_CLASSES):
+SIZE = (BATCH, REP_H, REP_W)  # images, representation height and width
+
+
+def make_inputs(device, seed=0, present=NUM_CLASSES, size=SIZE):
     """Street-scene-like blocky labels at input size (5% ignore) using classes 0..present-1,
     probabilities at rep size with a mix of confident (easy) and unsure (hard) pixels, random
-    representations."""
+    representations. `size` = (images, rep height, rep width); the default is CamVid's."""
+    batch, rep_h, rep_w = size
     g = torch.Generator().manual_seed(seed)
-    cells = torch.randint(0, present, (BATCH, 1, 9, 12), generator=g).float()
-    label = F.interpolate(cells, size=(REP_H * STRIDE, REP_W * STRIDE), mode="nearest")[:, 0].long()
+    cells = torch.randint(0, present, (batch, 1, 9, 12), generator=g).float()
+    label = F.interpolate(cells, size=(rep_h * STRIDE, rep_w * STRIDE), mode="nearest")[:, 0].long()
     label[torch.rand(label.shape, generator=g) < 0.05] = IGNORE_INDEX
-    small = downsample_labels(label, (REP_H, REP_W)).clamp(max=NUM_CLASSES - 1)
-    logits = torch.randn(BATCH, NUM_CLASSES, REP_H, REP_W, generator=g) * 2
-    logits += 7 * torch.rand(BATCH, 1, REP_H, REP_W, generator=g) * F.one_hot(small, NUM_CLASSES).permute(0, 3, 1, 2)
+    small = downsample_labels(label, (rep_h, rep_w)).clamp(max=NUM_CLASSES - 1)
+    logits = torch.randn(batch, NUM_CLASSES, rep_h, rep_w, generator=g) * 2
+    logits += 7 * torch.rand(batch, 1, rep_h, rep_w, generator=g) * F.one_hot(small, NUM_CLASSES).permute(0, 3, 1, 2)
     prob = torch.softmax(logits, dim=1)
-    rep = torch.randn(BATCH, DIM, REP_H, REP_W, generator=g)
+    rep = torch.randn(batch, DIM, rep_h, rep_w, generator=g)
     return rep.to(device).requires_grad_(True), label.to(device), prob.to(device)
 
 
@@ -165,8 +169,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_forward_backward(name, device, repeats, present=NUM_CLASSES):
-    rep, label, prob = make_inputs(device, present=present)
+def time_forward_backward(name, device, repeats, present=NUM_CLASSES, size=SIZE):
+    rep, label, prob = make_inputs(device, present=present, size=size)
     fn = IMPLEMENTATIONS[name]
     gen = torch.Generator(device=device).manual_seed(0)
     times, losses = [], []
