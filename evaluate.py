@@ -38,7 +38,7 @@ from engine import data as data_utils  # noqa: E402
 from engine import distributed  # noqa: E402
 from engine.evaluate import evaluate  # noqa: E402
 from engine.inference import config_settings, predict_loader  # noqa: E402
-from engine.io import atomic_write_json, atomic_write_png, flat_name  # noqa: E402
+from engine.io import atomic_write_index_png, atomic_write_json, atomic_write_png, flat_name  # noqa: E402
 from engine.logger import colorize  # noqa: E402
 from engine.optim import make_model  # noqa: E402
 from engine.precision import configure_backends, resolve_amp  # noqa: E402
@@ -175,7 +175,7 @@ def prediction_writer(ids, palette, out_dir: Path):
         preds = probs.argmax(1).to(torch.uint8).cpu().numpy()
         for index, pred in zip(group["index"].tolist(), preds):
             stem = flat_name(ids[index])
-            atomic_write_png(out_dir / f"{stem}.png", pred)
+            atomic_write_index_png(out_dir / f"{stem}.png", pred, palette)  # ids, shown in the palette
             atomic_write_png(out_dir / f"{stem}_color.png", colorize(pred, palette))
     return write
 
@@ -202,7 +202,8 @@ def iou_table(metrics: dict) -> str:
     rows = [f"{'class':<20}{'IoU':>8}", "-" * 28]
     for name, iou in metrics["per_class_iou"].items():
         rows.append(f"{name:<20}{'-' if iou is None else f'{iou:.2f}':>8}")
-    rows += ["-" * 28, f"{'mIoU':<20}{metrics['miou']:>8.2f}"]
+    rows += ["-" * 28, f"{'mIoU':<20}{metrics['miou']:>8.2f}", f"{'pixel accuracy':<20}{metrics['pixel_acc']:>8.2f}",
+             f"{'mAcc (mean class acc)':<20}{metrics['macc']:>8.2f}"]
     return "\n".join(rows)
 
 

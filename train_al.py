@@ -13,6 +13,7 @@ Each stage of the config is one of
 A finished stage is never recomputed; a killed stage resumes from its last checkpoint.
 """
 import os
+import sys
 
 # OpenMP threads that spin while they wait make every conv ~20x slower as soon as another
 # process (a data loader worker, a second rank) wants the same cores; passive waiting costs
@@ -23,7 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from engine import distributed  # noqa: E402
 from engine.oracle import AwaitingLabels  # noqa: E402
 from engine.pipeline import open_experiment  # noqa: E402
-from engine.run import EXIT_AWAITING_LABELS, exit_on_input_error, load_config_or_exit, parse_args  # noqa: E402
+from engine.run import (EXIT_AWAITING_LABELS, exit_on_input_error, interrupted_message,  # noqa: E402
+                        load_config_or_exit, parse_args)
 
 
 def main() -> None:
@@ -34,12 +36,19 @@ def main() -> None:
         exp = open_experiment(args, cfg, ctx)  # validates config, data, weights; None after --dry-run
         if exp is None:
             return
+        interrupted = False
         try:
             run_stages(exp, cfg)
         except AwaitingLabels:  # query.oracle=human: the task is written, summary.json says so
             exp.logger.close()
             distributed.cleanup()
             raise SystemExit(EXIT_AWAITING_LABELS)
+        except KeyboardInterrupt:  # Ctrl-C: no traceback, one line saying where the same command resumes
+            interrupted = True
+        if interrupted:  # printed once the progress bars the interrupted frames held have closed
+            if ctx.is_main:
+                print(f"\n{interrupted_message(exp.run.root)}", file=sys.stderr, flush=True)
+            raise SystemExit(130)
     distributed.cleanup()
 
 

@@ -33,6 +33,14 @@ def miou_from_confusion(conf: np.ndarray) -> float:
 
 
 @torch.inference_mode()
+def mean_class_accuracy(conf: np.ndarray) -> float:
+    """Mean over the classes present in the labels (rows of the confusion matrix) of the share of
+    their pixels predicted right (0.0 when no class is present)."""
+    total = conf.sum(axis=1)
+    present = total > 0
+    return float((np.diag(conf)[present] / total[present]).mean()) if present.any() else 0.0
+
+
 def evaluate(model, src, cfg, ctx, *, amp: str, desc: str = "eval", on_prediction=None) -> dict:
     """mIoU and per-class IoU (percent) of `model` on every image of `src`, predicted as
     eval.* says (mode, window, scales, flip), eval.batch_size images per batch.
@@ -59,5 +67,6 @@ def evaluate(model, src, cfg, ctx, *, amp: str, desc: str = "eval", on_predictio
         "miou": 100.0 * miou_from_confusion(conf),
         "per_class_iou": {name: (None if np.isnan(v) else 100.0 * float(v)) for name, v in zip(src.classes, iou)},
         "pixel_acc": 100.0 * float(np.trace(conf) / max(conf.sum(), 1)),
+        "macc": 100.0 * mean_class_accuracy(conf),
         "num_images": len(src),
     }

@@ -70,6 +70,23 @@ def atomic_write_png(path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
+def atomic_write_index_png(path, ids: np.ndarray, palette) -> None:
+    """(H, W) uint8 class ids -> palette ("P") PNG: the stored values are the ids (every reader of
+    label PNGs, datasets/decode.py, gets them back), and image viewers show the data set's colours
+    (`palette`: (C, 3) uint8; 255 = void is black)."""
+    from PIL import Image
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or ids.dtype != np.uint8:
+        raise ValueError(f"atomic_write_index_png: need (H, W) uint8 ids, got {ids.shape} {ids.dtype}")
+    colours = np.zeros((256, 3), np.uint8)
+    palette = np.asarray(palette, np.uint8)[:255]
+    colours[:len(palette)] = palette
+    image = Image.fromarray(ids, mode="P")
+    image.putpalette(colours.ravel().tolist())
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
 def atomic_write_npz(path, **arrays) -> None:
     """np.savez to exactly `path` (through a file handle, so numpy appends no `.npz`)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

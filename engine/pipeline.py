@@ -20,12 +20,13 @@ from engine.io import atomic_write_npz, atomic_write_png, flat_name
 from engine.logger import RunLogger
 from engine.optim import make_model
 from engine.pseudo import pseudo_label_pass
-from engine.run import RunDirectory, check_output_dir, describe_device, read_stage_record, with_query_stats
+from engine.run import RunDirectory, check_output_dir, provenance, describe_device, read_stage_record, with_query_stats
 from engine.stages import (copy_finished_stage, fresh_model, load_scan, load_weights, reusable_stages,
                            save_scan, scan_source, train_and_evaluate, transfer_weights)
 from models.availability import check_pretrained, pretrained_status
 from query import scoring
 from query.pool import LabelPool, RegionGrid
+from engine.figures import query_figure
 from query.visualize import query_panel
 
 
@@ -138,6 +139,9 @@ class Experiment:
                          f"({self.grid.height}x{self.grid.width}), eval '{cfg.data.eval_split}' {len(self.eval_src)} images")
             labeled = len(self.labeled_ids) if self.labeled_ids is not None else round(cfg.query.initial_fraction * len(self.pool_src))
             lines.append(f"initial labeled images: {labeled}; {self._grid_note()}")
+            if self.pool_src.unlabeled():
+                lines.append(f"images without label file: {len(self.pool_src.unlabeled())} (query.oracle=human: "
+                             f"a person labels their queried regions)")
             if self.pool_src.cache is not None:
                 lines.append(f"resized-image cache (data.cache_dir): {self.pool_src.cache.folder} "
                              f"(images the working size shrinks)")
@@ -187,6 +191,7 @@ class Experiment:
         if valid is None and ctx.is_main:
             save_scan(cache, self.pool_src, self.valid_counts)
         self.logger = RunLogger(self.run.root, enabled=ctx.is_main)
+        self.logger.log(provenance(), echo=False)
         self.logger.log("resolved config:\n" + dump_config(cfg), echo=False)
         self.logger.log(self.describe())
         self.device_name = describe_device(ctx)
@@ -354,8 +359,8 @@ class Experiment:
         max_entropy = float(np.log(self.pool_src.num_classes))
         for i, entropy in scored["entropy"].items():
             image, _ = self.pool_src.read(i)
-            panel = query_panel(image, entropy.astype(np.float32), self.grid, pool.cells[i], new[i],
-                                entropy_max=max_entropy)
+            panel = query_figure(query_panel(image, entropy.astype(np.float32), self.grid, pool.cells[i], new[i],
+                                             entropy_max=max_entropy), max_entropy)
             atomic_write_png(folder / f"{flat_name(self.pool_src.ids[i])}.png", panel)
             self.logger.image(f"{name}/query_{self.pool_src.ids[i]}", panel, index)
 
@@ -395,7 +400,23 @@ class Experiment:
         record = with_query_stats(record, extra)  # as read back from metrics.json after a restart
         self.records.append(record)
         self.write_summary(finished=False)
+        self._log_labelled_curve(index)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def _log_labelled_curve(self, index: int) -> None:
+        """TensorBoard: mIoU against labelled pixels after every stage so far, beside the random-query
+        twin's (<output_dir>_random, when that run exists)."""
+        if not self.ctx.is_main:
+            return
+        from engine.figures import labelled_curve
+        from engine.io import read_json
+        series = {self.cfg.name: [(r["labeled_pixel_pct"], r["miou"]) for r in self.records]}
+        twin = Path(str(self.cfg.output_dir).rstrip("/") + "_random") / "summary.json"
+        if twin.is_file():
+            series[f"{self.cfg.name}_random (same budget, random regions)"] = [
+                (r["labeled_pixel_pct"], r["miou"]) for r in read_json(twin).get("stages", [])]
+        self.logger.image("summary/miou_vs_labelled_pct", labelled_curve(series, f"{self.cfg.name}: mIoU vs labels"),
+                          index)
 
     def _check_pools_agree(self, pool: LabelPool, name: str) -> list[str]:
         """Every rank must train on the same pool: identical weights after DDP's averaged

@@ -1,5 +1,6 @@
 """One inference pass of the current model over the unlabeled pool, yielding both
-  - pseudo labels: argmax where max softmax >= threshold, else 255, written as PNGs; and
+  - pseudo labels: argmax where max softmax >= threshold, else 255, written as palette PNGs (the
+    values are the class ids; viewers show the data set's colours, 255 black); and
   - region scores: mean per-pixel entropy per grid cell (for the next query).
 Each rank handles its shard of images; scores are gathered so every rank holds all of them.
 It lives in the engine (it needs the engine's loaders, inference and writers); `query/` keeps
@@ -17,7 +18,7 @@ from engine import distributed as dist_utils
 from engine import faults
 from engine.data import eval_transform, ordered_loader
 from engine.inference import config_settings, predict_loader
-from engine.io import atomic_write_png, flat_name
+from engine.io import atomic_write_index_png, flat_name
 from query.scoring import pixel_entropy, region_scores
 
 IGNORE = 255
@@ -58,9 +59,9 @@ def pseudo_label_pass(model, src, indices: list[int], cfg, ctx, *, amp: str, out
         entropy = pixel_entropy(prob) if (grid is not None or keep) else None
         cell_scores = region_scores(entropy, grid).cpu().numpy() if grid is not None else None
         for j, index in enumerate(group["index"].tolist()):
-            atomic_write_png(pseudo_label_file(out_dir, src.ids[index]), labels[j])
+            atomic_write_index_png(pseudo_label_file(out_dir, src.ids[index]), labels[j], src.palette)
             if prediction_dir is not None:
-                atomic_write_png(pseudo_label_file(prediction_dir, src.ids[index]), argmax[j])
+                atomic_write_index_png(pseudo_label_file(prediction_dir, src.ids[index]), argmax[j], src.palette)
             faults.reached("pseudo_png")
             if cell_scores is not None:
                 scores[index] = cell_scores[j].astype(np.float32)

@@ -39,7 +39,7 @@ class RunInputError(ValueError):
 
 
 def parse_args(description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True,
                         help="config name under configs/ (e.g. table1/camvid/row5) or a YAML path")
     parser.add_argument("--dry-run", action="store_true",
@@ -51,6 +51,44 @@ def parse_args(description: str) -> argparse.Namespace:
                              "queried images stay unlabelled (a later query may ask for them again)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return parser.parse_intermixed_args()  # options and key=value overrides in any order
+
+
+def provenance() -> str:
+    """The first lines a run writes to log.txt: its command line, package versions, git commit."""
+    import platform
+    import subprocess
+    import numpy
+    import torch
+    import torchvision
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown (not a git checkout)"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown (git not available)"
+    import shlex
+    return (f"command: {shlex.join([sys.executable] + sys.argv)}\n"
+            f"versions: python {platform.python_version()}, torch {torch.__version__}, torchvision "
+            f"{torchvision.__version__}, numpy {numpy.__version__}\n"
+            f"git commit: {commit}")
+
+
+def interrupted_message(run_root: Path) -> str:
+    """One line for Ctrl-C: which checkpoint the same command resumes from."""
+    from engine.checkpoint import step_checkpoints
+    newest = None
+    for folder in sorted(Path(run_root).glob("[0-9][0-9]_*/checkpoints")):
+        found = step_checkpoints(folder)
+        if found:
+            newest = (folder.parent.name, *max(found))
+    if newest is None:
+        return (f"interrupted: run the same command again to go on from the last finished stage in {run_root} "
+                f"(no step checkpoint of the stage in progress yet)")
+    stage, step, path = newest
+    return f"interrupted: run the same command again to resume {stage} from {path} (step {step})"
 
 
 def load_config_or_exit(args):

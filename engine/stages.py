@@ -20,7 +20,7 @@ from engine.config import ConfigError, load_config
 from engine.evaluate import evaluate
 from engine.inference import predict_probs
 from engine.io import atomic_write_json, atomic_write_npz
-from engine.logger import colorize
+from engine.figures import prediction_figure
 from engine.optim import make_model
 from engine.run import RunDirectory, comparable_config, stage_record
 from engine.trainer import train_phase
@@ -159,7 +159,8 @@ def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name:
     record["world_size"] = ctx.world_size  # per stage: a resumed run may use another one for later stages
     logger.scalars({"summary/miou": metrics["miou"], "summary/labeled_pixel_pct": labeled_pct,
                     **{f"iou/{c}": v for c, v in metrics["per_class_iou"].items()}}, index)
-    logger.log(f"[{name}] mIoU {metrics['miou']:.2f}  labeled pixels {labeled_pct:.2f}%")
+    logger.log(f"[{name}] mIoU {metrics['miou']:.2f}  pixel acc {metrics['pixel_acc']:.2f}  mAcc "
+               f"{metrics['macc']:.2f}  labeled pixels {labeled_pct:.2f}%")
     if ctx.is_main:
         atomic_write_json(stage_dir / "metrics.json", {
             "record": record, "eval": metrics, "train": train_info, "weights_sha256_per_rank": rank_digests,
@@ -190,7 +191,8 @@ def check_ranks_agree(model, ctx, stage_name: str) -> list[str]:
 
 @torch.no_grad()
 def log_prediction_panel(model, src, ctx, logger, amp, cfg, tag: str, step: int, count: int = 3) -> None:
-    """TensorBoard panel: input | prediction | ground truth for the first `count` eval images.
+    """TensorBoard panel (engine/figures.py: titled columns, overlay, class legend): image |
+    prediction over it | prediction | ground truth for the first `count` eval images.
     Rank 0 alone predicts them again while the other ranks wait at the stage's next barrier, so
     the work is kept small: `count` images, one scale, no flip, windows batched as in evaluation."""
     if not ctx.is_main:
@@ -207,9 +209,8 @@ def log_prediction_panel(model, src, ctx, logger, amp, cfg, tag: str, step: int,
                              mode=cfg.eval.mode, window=cfg.eval.window, stride=cfg.eval.stride, amp=amp,
                              channels_last=cfg.runtime.channels_last, window_batch=cfg.eval.window_batch)
         pred = prob.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        rows.append(np.concatenate([image_to_hwc(sample["image"]), colorize(pred, src.palette),
-                                    colorize(sample["label"].numpy(), src.palette)], axis=1))
-    logger.image(tag, np.concatenate(rows, axis=0), step)
+        rows.append((image_to_hwc(sample["image"]), pred, sample["label"].numpy().astype(np.uint8)))
+    logger.image(tag, prediction_figure(rows, src.classes, src.palette), step)
 
 
 # --------------------------------------------------------------------------- init_from

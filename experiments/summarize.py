@@ -351,6 +351,25 @@ def build_report(paper, runs, runs_dir, plot_note=None):
     return "\n".join(lines)
 
 
+def labelled_curves(runs, folder: Path) -> str:
+    """One mIoU-vs-labelled-% chart per run of any data set (the random-query twin `<config>_random`
+    beside it when there is one), and the report section that lists them."""
+    from engine.figures import labelled_curve
+    from engine.io import atomic_write_png
+    lines = []
+    for name in sorted(runs):
+        if name.endswith("_random") and name[:-len("_random")] in runs:
+            continue  # drawn beside its entropy twin
+        for run in runs[name]:
+            series = {name: run.curve}
+            for twin in runs.get(f"{name}_random", [])[:1]:
+                series[f"{name}_random (same budget, random regions)"] = twin.curve
+            path = folder / (name.replace("/", "__") + ("" if len(runs[name]) == 1 else f"__{run.run_dir.name}") + ".png")
+            atomic_write_png(path, labelled_curve(series, f"{name}: mIoU vs labelled pixels"))
+            lines.append(f"- `{name}` ({run.run_dir}): [{path}]({path})")
+    return ("\n\n## mIoU against labelled pixels, per run\n\n" + "\n".join(lines) + "\n") if lines else ""
+
+
 def summarize(runs_dir, paper_path=DEFAULT_PAPER_RESULTS, plot_path=None):
     """Build the report text (and write the plot when plot_path is given)."""
     paper = load_paper_results(paper_path)
@@ -367,6 +386,8 @@ def summarize(runs_dir, paper_path=DEFAULT_PAPER_RESULTS, plot_path=None):
             cpu_proxy.plot_cpu_proxy(paper, runs, cpu_plot)
             plot_note = (plot_path, plot_note[1], cpu_plot)
     report = build_report(paper, runs, runs_dir, plot_note)
+    if plot_path is not None:
+        report += labelled_curves(runs, Path(plot_path).parent / "curves")
     if skipped:
         report += "\n\n## Skipped runs (unreadable summary.json)\n\n" + "\n".join(
             f"- `{path}`: {why}" for path, why in skipped) + "\n"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from datasets.decode import read_label_png
 from tests.pipeline_helpers import REPO
 
 MEAN = np.array([0.485, 0.456, 0.406]) * 255   # ImageNet statistics, written out independently
@@ -74,7 +75,7 @@ def test_stage_predictions_equal_an_argmax_computed_here(al_run, tmp_path):
         [p.name for p in images] + [f"{p.stem}_color.png" for p in images])
     for image in images:
         expected = argmax_of(model, read_rgb(image))
-        ids = cv2.imread(str(preds / image.name), cv2.IMREAD_UNCHANGED)
+        ids = read_label_png(preds / image.name)  # a palette PNG whose indices are the class ids
         np.testing.assert_array_equal(ids, expected)
         np.testing.assert_array_equal(read_rgb(preds / f"{image.stem}_color.png"), PALETTE[expected])
 
@@ -104,7 +105,7 @@ def test_images_folder_without_labels_is_predicted_at_the_working_size(al_run, t
     model = stage_model(al_run["run"] / "02_query1" / "weights.pth")
     shrunk = cv2.resize(read_rgb(photos / "big.jpg"), (64, 48), interpolation=cv2.INTER_AREA)
     for stem, rgb in (("plain", read_rgb(val[0])), ("big", shrunk)):
-        ids = cv2.imread(str(preds / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        ids = read_label_png(preds / f"{stem}.png")
         assert ids.shape == (48, 64)
         np.testing.assert_array_equal(ids, argmax_of(model, rgb))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "preds"]   # no metrics without labels

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from datasets import PALETTE, build_source
+from datasets.decode import read_label_png
 from engine.config import ConfigError, load_config
 from engine.logger import colorize
 from tests.pipeline_helpers import AL_STAGES, REPO, TINY, run_script
@@ -253,7 +254,7 @@ def test_evaluate_on_a_folder_run_writes_palette_colours(folder_run, tmp_path):
     assert evaluated["miou"] == summary["stages"][-1]["miou"]
     palette = PALETTE_E2E
     for ids_png in sorted(p for p in preds.glob("*.png") if not p.stem.endswith("_color")):
-        ids = cv2.imread(str(ids_png), cv2.IMREAD_UNCHANGED)
+        ids = read_label_png(ids_png)  # palette PNG: indices are the ids
         colour = cv2.cvtColor(cv2.imread(str(ids_png.with_name(ids_png.stem + "_color.png"))), cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(colour, palette[ids])
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets import build_source, generate_synthetic
+from datasets.decode import read_label_png
 from datasets.transforms import normalize_images
 from engine.config import Config
 from engine.data import collate_by_size
@@ -213,7 +214,7 @@ def test_pseudo_pass_writes_thresholded_labels_and_cell_entropy_by_hand(tiny_sou
             assert 0.2 < (expected == 255).mean() < 0.8
             top2 = np.sort(prob, axis=0)[-2:]
             clear = (np.abs(conf - 0.16) > 1e-5) & (top2[1] - top2[0] > 1e-5)  # float32 vs float64
-            written = cv2.imread(str(pseudo_label_file(out_dir, tiny_source.ids[i])), cv2.IMREAD_UNCHANGED)
+            written = read_label_png(pseudo_label_file(out_dir, tiny_source.ids[i]))  # palette PNG: indices
             assert clear.mean() > 0.95 and (written == expected)[clear].all()
             entropy = -(prob * np.log(prob)).sum(0)
             cells = np.array([[entropy[r:r + 10, c:c + 12].mean() for c in range(0, 32, 12)]
