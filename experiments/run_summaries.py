@@ -11,7 +11,7 @@ import yaml
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 DEFAULT_PAPER_RESULTS = EXPERIMENTS_DIR / "paper_results.yaml"
-PAPER_SECTIONS = ("table1", "random_baselines", "tableS1", "tableS2_suponly", "equal",
+PAPER_SECTIONS = ("table1", "random_baselines", "tableS1", "tableS2", "section5_claims", "equal",
                   "tableS3", "tableS4", "al_metric")
 DATASETS = ("camvid", "cityscapes")
 
@@ -47,10 +47,11 @@ def paper_config_names(paper):
     names = []
     for dataset in DATASETS:
         names += [row["config"] for row in paper["table1"][dataset]]
+        names += [row["pct_twin"] for row in paper["table1"][dataset] if row.get("pct_twin")]
         names.append(paper["random_baselines"][dataset]["config"])
         names.append(paper["al_metric"][dataset]["supervised_config"])
     names += [row["config"] for row in paper["tableS1"]]
-    names += [row["config"] for row in paper["tableS2_suponly"]]
+    names += [row[key] for row in paper["tableS2"] for key in ("config", "suponly_config")]
     names += [row["config"] for row in paper["equal"]]
     for table in ("tableS3", "tableS4"):
         names += [row["config"] for row in paper[table]["rows"] if row["config"] is not None]

@@ -101,8 +101,11 @@ COMPARISON_HEADER = ["config", "paper mIoU", "ours", "difference",
 def _table1_section(paper, runs, runs_dir):
     lines = []
     for dataset in DATASETS:
-        entries = [(r["config"], r["miou"], r["labeled_pct"], r["epochs"])
-                   for r in paper["table1"][dataset]]
+        entries = []
+        for r in paper["table1"][dataset]:
+            entries.append((r["config"], r["miou"], r["labeled_pct"], r["epochs"]))
+            if r.get("pct_twin"):  # the same row with Table 1's labelled percentage
+                entries.append((r["pct_twin"], r["miou"], r["labeled_pct"], r["epochs"]))
         baseline = paper["random_baselines"][dataset]
         twin = [r for r in paper["table1"][dataset] if r["config"] == baseline["entropy_twin"]][0]
         entries.append((baseline["config"], None, twin["labeled_pct"], twin["epochs"]))
@@ -112,8 +115,11 @@ def _table1_section(paper, runs, runs_dir):
                   f"`{baseline['entropy_twin']}` (no paper number).", ""]
     lines += ["'ours' is the final model of a run's last stage (`miou` in summary.json), not the best "
               "evaluation during training (kept beside it as `best`). Our labeled % is exact pixel "
-              "accounting: 11.95% for CamVid rows 5/6 and 15.64% for Cityscapes rows 8/9 where the "
-              "paper says 12.1% and 15.1%; the arithmetic is in experiments/NOTES.md.", ""]
+              "accounting. Two readings of the paper: `rowN` reveals 4 regions in every unlabeled "
+              "image per cycle (11.95% for CamVid rows 5/6, 11.42 / 12.83 / 14.23 / 15.64% for "
+              "Cityscapes rows 5-8, where Table 1 says 12.1% and 11.3 / 12.6 / 13.8 / 15.1%); "
+              "`rowN_pct` reveals Table 1's percentage (global selection, `query.budget_pct`) and ends "
+              "at 12.10% and 11.29 / 12.56 / 13.83 / 15.10%. The arithmetic is in experiments/NOTES.md.", ""]
     return lines
 
 
@@ -151,27 +157,68 @@ def _table_s1_section(paper, runs, runs_dir):
     return lines
 
 
+S2_METHODS = (("st_pp", "ST++"), ("mean_teacher", "Mean Teacher"), ("cct", "CCT"), ("cps", "CPS"),
+              ("ael", "AEL"), ("u2pl", "U2PL"))
+
+
+def _final_miou(config, runs):
+    """The first run's final mIoU as text ('missing', or its status when unfinished), and the value."""
+    found = runs.get(config, [])
+    if not found:
+        return "missing", None
+    cells = _result_cells(found[0])
+    return cells["ours"], cells["miou"]
+
+
 def _table_s2_section(paper, runs, runs_dir):
-    header = ["config", "ratio", "LD images", "backbone", "paper SupOnly", "paper SupOnly+Rep",
-              "ours (teacher stage)", "ours - SupOnly", "ours - SupOnly+Rep"]
+    lines = ["## Table S2 — semi-supervised learning, Cityscapes", "",
+             "The paper's table (its U2PL column has a header and no values; '—' = not reported; "
+             "R50 rows are the paper's ResNet-50 ones):", ""]
+    paper_rows = [[e["ratio"], e["labeled_images"], e["backbone"], _num(e["suponly"]), _num(e["suponly_rep"])]
+                  + [_num(e[key]) for key, _ in S2_METHODS] + [_num(e["s4al_plus"])] for e in paper["tableS2"]]
+    lines += _table(["ratio", "LD images", "backbone", "SupOnly", "SupOnly+Rep"]
+                    + [label for _, label in S2_METHODS] + ["S4AL+"], paper_rows)
+    header = ["config", "ratio", "backbone", "paper SupOnly", "ours SupOnly (tableS2/suponly_*)",
+              "paper SupOnly+Rep", "ours SupOnly+Rep (teacher stage)", "ours - SupOnly+Rep",
+              "paper S4AL+", "ours S4AL+ (final)"]
     rows = []
-    for e in paper["tableS2_suponly"]:
-        start = [e["ratio"], e["labeled_images"], e["backbone"], _num(e["suponly"]),
-                 _num(e["suponly_rep"])]
+    for e in paper["tableS2"]:
+        suponly_text, _ = _final_miou(e["suponly_config"], runs)
+        start = [e["ratio"], e["backbone"], _num(e["suponly"]), suponly_text, _num(e["suponly_rep"])]
         found = runs.get(e["config"], [])
         if not found:
-            rows.append([e["config"]] + start + ["missing", DASH, DASH])
+            rows.append([e["config"]] + start + ["missing", DASH, _num(e["s4al_plus"]), "missing"])
         for run in found:
             stage = run.stage_named(e["stage"])
+            final = _result_cells(run)["ours"]
             if stage is None:
                 why = f"no '{e['stage']}' stage" + ("" if run.finished else f" ({run.status()})")
-                rows.append([_run_label(run, runs_dir)] + start + [why, DASH, DASH])
+                rows.append([_run_label(run, runs_dir)] + start + [why, DASH, _num(e["s4al_plus"]), final])
             else:
                 rows.append([_run_label(run, runs_dir)] + start +
-                            [_num(stage["miou"]), _diff(stage["miou"], e["suponly"]),
-                             _diff(stage["miou"], e["suponly_rep"])])
-    lines = ["## Table S2 — SupOnly columns (our teacher stage of the Table S1 config)", ""]
+                            [_num(stage["miou"]), _diff(stage["miou"], e["suponly_rep"]),
+                             _num(e["s4al_plus"]), final])
+    lines += ["Ours: SupOnly is `tableS2/suponly_<row>` (the teacher without ReCo); SupOnly+Rep the teacher "
+              "stage (CE + ReCo) of the Table S1 config; S4AL+ its final stage.", ""]
     return lines + _table(header, rows)
+
+
+def _section5_section(paper, runs, runs_dir):
+    """Sec. 5's stated gains beside Table 1's difference for the same two rows and ours."""
+    table1 = {r["config"]: r["miou"] for rows in paper["table1"].values() for r in rows}
+    rows = []
+    for c in paper["section5_claims"]:
+        without_text, without = _final_miou(c["without"], runs)
+        with_text, with_ = _final_miou(c["with"], runs)
+        ours = _diff(with_, without) if with_ is not None and without is not None else DASH
+        rows.append([c["component"], c["dataset"], f"{c['stated_gain']:+.1f}",
+                     f"`{c['without']}` -> `{c['with']}`", f"{table1[c['with']] - table1[c['without']]:+.2f}",
+                     ours, f"{without_text} -> {with_text}"])
+    lines = ["## Sec. 5's stated gains (MobileNetV2 active learning)", ""]
+    lines += _table(["component", "dataset", "stated gain", "Table 1 rows (without -> with)",
+                     "Table 1 difference", "ours (with - without)", "our mIoUs"], rows)
+    return lines + ["The paper names no rows for its gains; these pairs differ in that component only "
+                    "(experiments/paper_results.yaml, `section5_claims`).", ""]
 
 
 def _normalized(name):
@@ -336,6 +383,7 @@ def build_report(paper, runs, runs_dir, plot_note=None):
     lines += _query_classes_section(paper, runs, runs_dir)
     lines += _table_s1_section(paper, runs, runs_dir)
     lines += _table_s2_section(paper, runs, runs_dir)
+    lines += _section5_section(paper, runs, runs_dir)
     lines += _per_class_section(paper, "tableS3", runs, runs_dir)
     lines += _per_class_section(paper, "tableS4", runs, runs_dir)
     lines += _other_runs_section(paper, runs, runs_dir)

@@ -25,7 +25,10 @@ KNOWN_CONFIGS = (
     | {f"tableS1/{n}" for n in ("r50_100", "r50_372", "r50_744", "r101d_186", "r101d_372",
                                 "r101d_744", "r101d_1488")}
     | {"equal/camvid_r50", "equal/cityscapes_r50",
-       "supervised/camvid_full", "supervised/cityscapes_full"})
+       "supervised/camvid_full", "supervised/cityscapes_full"}
+    | {"table1/camvid/row5_pct", "table1/camvid/row6_pct"} | {f"table1/cityscapes/row{i}_pct" for i in range(5, 10)}
+    | {f"tableS2/suponly_{n}" for n in ("r50_100", "r50_372", "r50_744", "r101d_186", "r101d_372",
+                                        "r101d_744", "r101d_1488")})
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,11 @@ def test_paper_yaml_is_internally_consistent(paper):
     assert [r["labeled_pct"] for r in paper["table1"]["cityscapes"]] == \
         [10, 10, 10, 10, 11.3, 12.6, 13.8, 15.1, 15.1]
     assert len(paper["tableS1"]) == 7 and all(len(r["miou_runs"]) == 2 for r in paper["tableS1"])
-    assert {r["config"] for r in paper["tableS2_suponly"]} == {r["config"] for r in paper["tableS1"]}
+    assert {r["config"] for r in paper["tableS2"]} == {r["config"] for r in paper["tableS1"]}
+    run2 = {r["config"]: r["miou_runs"][1] for r in paper["tableS1"]}  # S2's S4AL+ column repeats Run 2
+    assert [r["s4al_plus"] for r in paper["tableS2"]] == [run2[r["config"]] for r in paper["tableS2"]]
+    table1 = {r["config"] for rows in paper["table1"].values() for r in rows}
+    assert all({c["without"], c["with"]} <= table1 for c in paper["section5_claims"])
     rows = {t: {r["label"].split(" (")[0]: r for r in paper[t]["rows"]} for t in ("tableS3", "tableS4")}
     # The per-class tables repeat Table 1's last rows and give the supervised level.
     assert rows["tableS3"]["S4AL+"]["miou"] == paper["table1"]["camvid"][-1]["miou"]
@@ -179,13 +186,16 @@ def test_unfinished_without_stage_count_and_seeds_listed(tmp_path):
     assert _row(report, "tableS1/r50_100")[4] == "unfinished (stage 1/?)"
     seed1 = _row(report, f"tableS1/r50_100 [{runs / 'tableS1/r50_100_seed1'}]")
     assert seed1[4:6] == ["61.20", f"{61.2 - (59.99 + 61.00) / 2:+.2f}"]
-    # Table S2: the teacher stage of each run beside SupOnly (56.25) and SupOnly+Rep (58.29),
-    # the unfinished run's teacher stage included (that stage did finish).
-    s2 = [line for line in report.split("## Table S2")[1].splitlines() if "r50_100" in line]
-    assert [c.strip() for c in s2[0].strip("|").split("|")][6:] == \
-        ["57.00", f"{57.0 - 56.25:+.2f}", f"{57.0 - 58.29:+.2f}"]
-    assert [c.strip() for c in s2[1].strip("|").split("|")][6:] == \
-        ["57.50", f"{57.5 - 56.25:+.2f}", f"{57.5 - 58.29:+.2f}"]
+    # Table S2: the teacher stage of each run beside SupOnly+Rep (58.29), the unfinished run's
+    # teacher stage included (that stage did finish); no SupOnly run yet; S4AL+ = the final stage.
+    s2 = [line for line in report.split("## Table S2")[1].split("\n## ")[0].splitlines() if "r50_100" in line]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in s2]
+    assert cells[0][3:] == ["56.25", "missing", "58.29", "57.00", f"{57.0 - 58.29:+.2f}", "61.00",
+                            "unfinished (stage 1/?)"]
+    assert cells[1][3:] == ["56.25", "missing", "58.29", "57.50", f"{57.5 - 58.29:+.2f}", "61.00", "61.20"]
+    # ... and the paper's table in full: SupOnly, SupOnly+Rep, ST++, MT, CCT, CPS, AEL, U2PL, S4AL+.
+    r101d_186 = _row(report, "1/16")
+    assert r101d_186[1:] == ["186", "R101D", "66.10", "67.16", "—", "69.03", "69.32", "69.72", "74.45", "—", "71.89"]
 
 
 def test_bad_summary_is_an_error_naming_file_and_key(tmp_path):
@@ -393,3 +403,16 @@ def test_a_seed_run_reuses_its_own_seeds_init_from_chain_and_only_picks_configs(
                    dict(reproduce.build_commands("cpu_camvid", REPO_ROOT / "configs", nproc=1))["cpu/camvid/row4"])
     with pytest.raises(ValueError, match="--only: cpu/camvid/row9 not in table 'cpu_camvid'"):
         reproduce.build_commands("cpu_camvid", REPO_ROOT / "configs", only=["cpu/camvid/row9"])
+
+
+def test_section5_gains_beside_table1_and_ours(tmp_path):
+    runs = tmp_path / "runs"
+    _write_summary(runs, "table1/camvid/row1", "table1/camvid/row1", [_stage("teacher", "supervised", 10.1, 55.0)])
+    _write_summary(runs, "table1/camvid/row2", "table1/camvid/row2", [_stage("teacher", "supervised", 10.1, 56.5)])
+    section = summarize(runs).split("## Sec. 5's stated gains")[1].split("\n## ")[0]
+    rows = {(c[0], c[1], c[3]): c for c in ([x.strip() for x in line.strip("|").split("|")]
+                                          for line in section.splitlines() if line.startswith("| "))}
+    reco = rows[("ReCo", "camvid", "`table1/camvid/row1` -> `table1/camvid/row2`")]
+    assert reco[2:] == ["+2.0", reco[3], f"{60.11 - 58.42:+.2f}", f"{56.5 - 55.0:+.2f}", "55.00 -> 56.50"]
+    st = rows[("self-training", "camvid", "`table1/camvid/row2` -> `table1/camvid/row4`")]
+    assert st[2] == "+1.8" and st[4] == f"{60.92 - 60.11:+.2f}" and st[5] == "—" and st[6] == "56.50 -> missing"
