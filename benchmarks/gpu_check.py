@@ -263,8 +263,9 @@ def row_progress(cfg, out: Path, run: dict) -> dict:
 
 # --------------------------------------------------------------------------- helpers
 def demo_overrides(args, out: Path) -> list[str]:
+    """The demo (EfficientNet-Lite0 from the ImageNet file --lite0-weights names) into `out`."""
     return [f"output_dir={out}", f"data.root={args.work / 'synthetic'}", f"runtime.device={args.device}",
-            *(SMOKE_DEMO if args.smoke else [])]
+            f"model.pretrained={args.lite0_weights}", *(SMOKE_DEMO if args.smoke else [])]
 
 
 def run_until(cmd: list[str], deadline: float, log: Path) -> dict:

@@ -128,10 +128,11 @@ class WeakAug:
 
 class StrongAug:
     """WeakAug, then color jitter (brightness, contrast, saturation, hue in random order),
-    random grayscale, Gaussian blur, and cutout (image 0, label 255)."""
+    Gaussian blur, and cutout (image 0, label 255): the paper's strong set. Random grayscale
+    (`grayscale_p`, SimCLR-style) is an option, off by default and in every paper config."""
 
     def __init__(self, crop_size, scale_range=(0.5, 2.0), blur_p=0.5,
-                 jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.2,
+                 jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.0,
                  cutout_p=0.5, cutout_frac=(0.02, 0.2), hflip: bool = True):
         self.weak = WeakAug(crop_size, scale_range, hflip)
         self.blur_p = _probability(blur_p, "blur_p")

@@ -175,7 +175,6 @@ SCHEMA: dict = {
         "eval_split": Field("str", "test", doc="split name or list file evaluated after each stage"),
         "labeled_split": Field("str", None, nullable=True,
                                doc="list file of labeled images (semi-supervised; AL: replaces the random 10%)"),
-        "unlabeled_split": Field("str", None, nullable=True, doc="list file of unlabeled images (semi-supervised)"),
         "resize": Field("int2", None, nullable=True, doc="[h, w] working resolution; null keeps native size"),
         "crop_size": Field("int2", [360, 480]),
         "scale_range": Field("float2", [0.5, 2.0]),
@@ -196,7 +195,7 @@ SCHEMA: dict = {
     },
     "aug": {
         "blur_p": Field("float", 0.5), "jitter": Field("float4", [0.4, 0.4, 0.4, 0.1]),
-        "jitter_p": Field("float", 0.8), "grayscale_p": Field("float", 0.2),
+        "jitter_p": Field("float", 0.8), "grayscale_p": Field("float", 0.0),  # not in the paper: opt in
         "cutout_p": Field("float", 0.5), "cutout_frac": Field("float2", [0.02, 0.2]),
     },
     "model": {

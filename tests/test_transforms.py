@@ -221,3 +221,22 @@ def test_bad_arguments():
         StrongAug((10, 10), blur_p=1.5)
     with pytest.raises(ValueError, match="cutout_frac"):
         StrongAug((10, 10), cutout_frac=(0.5, 0.1))
+
+
+def test_the_strong_set_is_the_papers_grayscale_only_when_asked():
+    # Blur, colour jitter and CutOut (Sec. 4.1); random grayscale is off by default and in every
+    # paper config. With jitter, blur and cutout off, the default never greys a colour image.
+    from engine.config import load_config
+    from engine.data import strong_aug
+    from experiments.reproduce import TABLE_CONFIGS
+    for name in sorted({n for names in TABLE_CONFIGS.values() for n in names}):
+        assert strong_aug(load_config(name)).grayscale_p == 0.0, name
+    lab = blocky_label()
+    img = PALETTE[lab]
+    plain = StrongAug((48, 64), (1.0, 1.0), blur_p=0, jitter_p=0, cutout_p=0, hflip=False)
+    greys = StrongAug((48, 64), (1.0, 1.0), blur_p=0, jitter_p=0, cutout_p=0, hflip=False, grayscale_p=1)
+    rng = np.random.default_rng(0)
+    out_plain = image_to_hwc(plain(img, lab, rng)[0])
+    out_grey = image_to_hwc(greys(img, lab, rng)[0])
+    assert np.array_equal(out_plain, img)  # untouched
+    assert (out_grey.max(axis=2) - out_grey.min(axis=2)).max() <= 1 < (img.max(axis=2) - img.min(axis=2)).max()
