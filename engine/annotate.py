@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.decode import ImageReadError, read_label_png
-from engine.io import atomic_write_npz, atomic_write_png, atomic_write_text, flat_name
+from engine.io import atomic_write_index_png, atomic_write_npz, atomic_write_png, atomic_write_text, flat_name
 
 MANIFEST = "manifest.json"
 SELECTION = "selection.npz"
@@ -90,8 +90,11 @@ def write_task(folder: Path, stage: str, classes: list[str], tasks: list[Task], 
                 "boxes": [list(map(int, b)) for b in task.boxes]}
         if task.score is not None:
             item["score"] = round(float(task.score), 6)
-        if task.prediction is not None:
-            atomic_write_png(folder / "prediction" / name, task.prediction)
+        if task.prediction is not None:  # class ids, shown in the data set's colours when a palette is given
+            if palette is not None:
+                atomic_write_index_png(folder / "prediction" / name, task.prediction, palette)
+            else:
+                atomic_write_png(folder / "prediction" / name, task.prediction)
             item["prediction"] = f"prediction/{name}"
         items.append(item)
     (folder / "labels").mkdir(parents=True, exist_ok=True)

@@ -136,7 +136,8 @@ def labelled_curve(series: dict[str, list[tuple[float, float]]], title: str) -> 
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.margins(x=0.08, y=0.12)  # room for the last point's value
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.canvas.draw()
     picture = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()

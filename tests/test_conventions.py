@@ -55,3 +55,43 @@ def test_ctrl_c_prints_one_line_naming_the_checkpoint_and_log_starts_with_proven
     assert "versions: python" in log[1] and "torch" in log[1]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert f"git commit: {commit}" in log[2]
+
+
+def test_summarize_draws_one_labelled_curve_per_run_with_its_random_twin(tmp_path):
+    from datasets.decode import read_rgb
+    from experiments.run_summaries import Run
+    from experiments.summarize import labelled_curves
+
+    def run(name, points):
+        stages = [{"name": f"s{i}", "labeled_pixel_pct": x, "miou": y} for i, (x, y) in enumerate(points)]
+        return Run(config=name, run_dir=tmp_path / name, finished=True, device="cpu", stages=stages)
+    runs = {"my_photos": [run("my_photos", [(10, 30), (15, 36), (20, 41)])],
+            "my_photos_random": [run("my_photos_random", [(10, 30), (15, 33), (20, 37)])],
+            "alone": [run("alone", [(5, 20), (8, 25)])]}
+    section = labelled_curves(runs, tmp_path / "curves")
+    assert sorted(p.name for p in (tmp_path / "curves").iterdir()) == ["alone.png", "my_photos.png"]
+    assert "`my_photos`" in section and "`alone`" in section and "my_photos_random`" not in section
+
+    def has_colour(path, rgb):  # matplotlib's first two line colours: blue, then orange
+        return bool((np.abs(read_rgb(path).astype(int) - rgb).sum(axis=2) < 30).any())
+    blue, orange = (31, 119, 180), (255, 127, 14)
+    assert has_colour(tmp_path / "curves" / "my_photos.png", blue) and has_colour(tmp_path / "curves" / "my_photos.png", orange)
+    assert has_colour(tmp_path / "curves" / "alone.png", blue) and not has_colour(tmp_path / "curves" / "alone.png", orange)
+
+
+def test_the_query_figure_holds_the_panel_enlarged_under_its_titles():
+    from engine.figures import enlarge, query_figure
+    from query.pool import RegionGrid
+    from query.visualize import query_panel
+    grid = RegionGrid(48, 64, (16, 16))
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    new = np.zeros(grid.shape, bool)
+    new[1, 2] = True
+    panel = query_panel(image, np.full((48, 64), 0.5), grid, np.zeros(grid.shape, bool), new, entropy_max=1.0)
+    figure, big = query_figure(panel, 1.0), enlarge(panel)
+    assert big.shape[0] >= 360 and big.shape[0] % 48 == 0
+    np.testing.assert_array_equal(big[::big.shape[0] // 48, ::big.shape[0] // 48], panel)  # nearest, integer factor
+    half = big.shape[1] // 2
+    np.testing.assert_array_equal(figure[30:30 + big.shape[0], :half], big[:, :half])     # image column under its title
+    np.testing.assert_array_equal(figure[30:30 + big.shape[0], half + 6:2 * half + 6], big[:, half:])  # entropy column
+    assert figure.shape[0] > 30 + big.shape[0] + 40  # legend and colour bar below
