@@ -123,3 +123,20 @@ def test_a_folder_another_node_does_not_see_is_refused_on_every_rank(tmp_path):
         assert message.startswith(f"output_dir {folder} is not shared between the nodes: rank 1 on "), message
         assert "1 of 2 ranks do not" in message
     assert [list(f.iterdir()) for f in (shared, node0, node1)] == [[], [], []]  # no probe left behind
+
+
+def test_torchrun_with_one_process_joins_a_group_and_trains_as_plain_python(al_run, tmp_path):
+    # `torchrun --nproc_per_node 1` runs the DDP and collective code (gloo here, NCCL on a GPU)
+    # in a world of one; the weights must be those of the plain one-process run.
+    cfg = write_config(tmp_path, "tiny_al", tmp_path / "run", al_run["data"])
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
+    for hook in ("S4AL_DIE_AT", "S4AL_PERTURB_RANK"):
+        env.pop(hook, None)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                             "train_al.py", "--config", str(cfg)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 1, process group gloo" in result.stdout
+    assert_same_weights(final_weights(tmp_path / "run"), final_weights(al_run["run"]))
+    assert (pool_cells(tmp_path / "run" / "02_query1" / "pool.npz") ==
+            pool_cells(al_run["run"] / "02_query1" / "pool.npz")).all()
