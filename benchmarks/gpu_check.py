@@ -228,7 +228,7 @@ def part_camvid_row2(args, device, deadline: float) -> dict:
     if args.smoke:
         overrides += [*SMOKE_ROW2, f"data.root={args.work / 'synthetic'}", "data.eval_split=val"]
     else:
-        overrides += [f"data.root={args.camvid}", f"data.eval_split={args.camvid_eval_split}"]
+        overrides += [f"data.root={args.camvid.resolve()}", f"data.eval_split={args.camvid_eval_split}"]
     cfg = load_config("table1/camvid/row2", overrides)
     cmd = [sys.executable, "train_al.py", "--config", "table1/camvid/row2", "--overwrite", *overrides]
     run = run_until(cmd, deadline, args.work / "camvid_row2.log")
@@ -433,13 +433,15 @@ def parse_args(argv=None):
     parser.add_argument("--lite0-weights", default="imagenet",
                         help="model.pretrained for EfficientNet-Lite0: 'imagenet' (the pip package's file) or a path")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the runs go (default OUT_DIR/work)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per speed measurement (5; --smoke 1)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (3; --smoke 1)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per speed measurement (4; --smoke 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (2; --smoke 1)")
     args = parser.parse_args(argv)
     args.budget_s = args.budget_s if args.budget_s is not None else (300.0 if args.smoke else 480.0)
-    args.steps = args.steps or (1 if args.smoke else 5)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
+    args.steps = args.steps or (1 if args.smoke else 4)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 2)
     args.work = (args.work_dir or args.out_dir / "work").resolve()
+    if args.lite0_weights != "imagenet":  # a file: the runs start in the repository root
+        args.lite0_weights = str(Path(args.lite0_weights).resolve())
     if not args.smoke and not torch.cuda.is_available():
         parser.error("no CUDA device: run it on a GPU machine, or pass --smoke for the CPU check")
     if not args.smoke and "camvid_row2" in (args.only or PARTS) and not args.camvid.is_dir():
