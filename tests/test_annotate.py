@@ -351,8 +351,9 @@ def test_the_annotators_labels_not_the_ground_truth_are_what_the_run_learns_from
 def campaign(demo_base):
     """query1 asks 8 images; the annotator labels 3 (copying the ground truth) and imports them
     with --import-partial; then the campaign grows by query2 (the demo's own, no --overwrite)."""
-    run, truth = demo_base / "campaign", _ground_truth(demo_base)
-    steps = {"ask": _demo(demo_base, "campaign", "query.oracle=human")}
+    run = demo_base / "campaign"
+    steps = {"ask": _demo(demo_base, "campaign", "query.oracle=human")}  # generates the data if needed
+    truth = _ground_truth(demo_base)
     manifest = json.loads((run / "01_query1" / "annotate" / "manifest.json").read_text())
     labelled = [item["id"] for item in manifest["items"][:3]]
     for item in manifest["items"][:3]:
