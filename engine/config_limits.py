@@ -12,8 +12,6 @@ def check_ranges(cfg: dict, fail) -> None:
     """`fail(key, message)` raises the ConfigError."""
     if not 0 <= cfg["seed"] < SEED_LIMIT:
         fail("seed", f"must be in 0..{SEED_LIMIT - 1}, got {cfg['seed']}")
-    if not cfg["stages"]:
-        fail("stages", "no stages: a run needs at least one (the first is `supervised`)")
     probabilities = [("aug", "blur_p"), ("aug", "jitter_p"), ("aug", "grayscale_p"), ("aug", "cutout_p"),
                      ("loss", "strong_threshold"), ("model", "dropout"), ("model", "stochastic_depth")]
     for section, key in probabilities:

@@ -36,6 +36,8 @@ class Experiment:
     # ------------------------------------------------------------------ validation (nothing written)
     def __init__(self, cfg, ctx, *, dry_run: bool, overwrite: bool, overrides=(), partial_import: bool = False):
         self.cfg, self.ctx, self.dry_run, self.overwrite = cfg, ctx, dry_run, overwrite
+        if not cfg.stages:  # a config may leave them out (e.g. for evaluate.py); a run cannot
+            raise ConfigError("stages: the config has no stages; a run needs at least one (the first is `supervised`)")
         self.partial_import = partial_import  # query.oracle=human: import the label files written so far
         self.amp, self.amp_reason = resolve_amp(cfg.runtime.amp, ctx.device)  # mode string + why
         configure_backends(ctx.device, cfg.deterministic)

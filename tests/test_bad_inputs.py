@@ -492,6 +492,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_changed(c, al_run, human_run, 
     named = getattr(s, "fragment_file", None)
     if named is not None:
         assert str(named) in lines[0], (str(named), lines[0])
+    assert "weights_only=False" not in result.stderr  # torch's advice would be to load it unsafely
     assert _changed(before, snapshot(tmp_path), s.may_change) == []
 
 
