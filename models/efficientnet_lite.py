@@ -42,11 +42,12 @@ import torch.nn.functional as F
 BN_EPS = 1e-3  # TensorFlow's default, with which the ImageNet weights were trained
 
 # The pipeline's input is (x / 255 - mean) / std with ImageNet's mean/std (datasets.transforms);
-# these weights want (x - 127) / 128, i.e. input * INPUT_SCALE + INPUT_SHIFT.
-_IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
-_IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
-INPUT_SCALE = _IMAGENET_STD * 255.0 / 128.0
-INPUT_SHIFT = (_IMAGENET_MEAN * 255.0 - 127.0) / 128.0
+# these weights want (x - 127) / 128, i.e. input * INPUT_SCALE + INPUT_SHIFT. Plain floats, so
+# the encoder also builds under FakeTensorMode (benchmarks/memory_estimate.py).
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_SCALE = tuple(s * 255.0 / 128.0 for s in _IMAGENET_STD)
+INPUT_SHIFT = tuple((m * 255.0 - 127.0) / 128.0 for m in _IMAGENET_MEAN)
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -158,8 +159,8 @@ class EfficientNetLite0Encoder(nn.Module):
         self.low_level_channels = LITE0_BLOCKS[LOW_LEVEL_BLOCK].out_ch
         self.out_channels = LITE0_BLOCKS[-1].out_ch
         # Not persistent: a constant of the architecture, not a weight (state dict = the file's).
-        self.register_buffer("input_scale", INPUT_SCALE.view(1, 3, 1, 1).clone(), persistent=False)
-        self.register_buffer("input_shift", INPUT_SHIFT.view(1, 3, 1, 1).clone(), persistent=False)
+        self.register_buffer("input_scale", torch.tensor(INPUT_SCALE).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", torch.tensor(INPUT_SHIFT).view(1, 3, 1, 1), persistent=False)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
