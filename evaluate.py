@@ -202,8 +202,8 @@ def iou_table(metrics: dict) -> str:
     rows = [f"{'class':<20}{'IoU':>8}", "-" * 28]
     for name, iou in metrics["per_class_iou"].items():
         rows.append(f"{name:<20}{'-' if iou is None else f'{iou:.2f}':>8}")
-    rows += ["-" * 28, f"{'mIoU':<20}{metrics['miou']:>8.2f}", f"{'pixel accuracy':<20}{metrics['pixel_acc']:>8.2f}",
-             f"{'mAcc (mean class acc)':<20}{metrics['macc']:>8.2f}"]
+    rows += ["-" * 28, f"{'mIoU':<20}{metrics['miou']:>8.2f}   pixel accuracy {metrics['pixel_acc']:.2f}   "
+                       f"mAcc {metrics['macc']:.2f}"]
     return "\n".join(rows)
 
 

@@ -59,6 +59,7 @@ def test_last_stage_equals_the_run_summary_and_json_goes_to_the_stage(al_run, tm
     assert written["stage"] == "query1" and written["split"] == "val"
     assert written["miou"] == last["miou"] and written["per_class_iou"] == last["per_class_iou"]
     assert f"{last['miou']:.2f}" in result.stdout.splitlines()[-2] and "sky" in result.stdout
+    assert f"pixel accuracy {written['pixel_acc']:.2f}   mAcc {written['macc']:.2f}" in result.stdout.splitlines()[-2]
     assert not list(tmp_path.iterdir())                          # nothing beside the caller
 
 
