@@ -216,10 +216,12 @@ def plot_cpu_proxy(paper, runs, out_path) -> None:
     rows = paper["table1"]["camvid"]
     left.plot([r["labeled_pct"] for r in rows], [r["miou"] for r in rows], "k*", markersize=10,
               label="paper, Table 1 rows (MobileNetV2, 360x480)")
+    for r in rows:
+        left.annotate(r["config"].rsplit("/", 1)[-1], (r["labeled_pct"], r["miou"]), textcoords="offset points",
+                      xytext=(6, -3), fontsize=8)
     paper_sup = paper["al_metric"]["camvid"]["paper_supervised_miou"]
     left.axhline(paper_sup, color="gray", linestyle=":", label=f"paper supervised 100% ({paper_sup:.2f})")
     left.axhline(0.95 * paper_sup, color="gray", linestyle="--", label=f"95% of it ({0.95 * paper_sup:.2f})")
-    left.set_title("(a) CamVid, the paper")
     right = figure.add_subplot(1, 2, 2)
     for config, _, _ in ROWS:
         for run in seed_runs(runs, config):
@@ -231,14 +233,18 @@ def plot_cpu_proxy(paper, runs, out_path) -> None:
                        markersize=4, linewidth=1.0, alpha=0.8,
                        label=f"{config.removeprefix(PREFIX)} ({run.run_dir.name})"
                              + ("" if run.finished else f" [{run.status()}]"))
+            right.annotate(run.run_dir.name, (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, -3),
+                           fontsize=8)
     supervised = Seeds(seed_runs(runs, SUPERVISED[0]))
     if supervised.n:
         right.axhline(supervised.mean, color="tab:red", linestyle=":",
                       label=f"ours supervised 100% ({supervised.mean:.2f})")
         right.axhline(0.95 * supervised.mean, color="tab:red", linestyle="--",
                       label=f"95% of it ({0.95 * supervised.mean:.2f})")
-    right.set_title("(b) CamVid, CPU-scale proxy (EfficientNet-Lite0, 180x240, 1/10 of the steps)")
+    right.set_title("(b) CamVid, CPU-scale proxy\n(EfficientNet-Lite0, 180x240, 1/10 of the steps, val)")
+    left.set_title("(a) CamVid, the paper\n(MobileNetV2, 360x480, test)")
     for axes in (left, right):
+        axes.set_xlim(9.5, 13.0)  # the AL range; supervised 100% is a horizontal line
         axes.set_xlabel("labeled pixels (%)")
         axes.set_ylabel("mIoU (%)")
         axes.grid(True, alpha=0.3)
