@@ -140,3 +140,23 @@ def softmax_of_image(model, image_file: str) -> torch.Tensor:
     rgb = cv2.imread(image_file, cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.float32) / 255.0
     x = torch.from_numpy(((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy())[None]
     return model(x)[0].softmax(dim=0)
+
+
+def query_alone_from(source: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """Rerun a multi-rank AL run's query stage in one process: reuse only its teacher (init_from;
+    query1 trains 1 step instead of 4), then pseudo-label, score and select alone. Checks that
+    the run worked and that the scores and the pool match the source run's; returns (our query1
+    folder, theirs) for further checks. `source`: {"data", "config", "run"} of the multi-rank run."""
+    import numpy as np
+    stages = DDP_STAGES.replace("iters_per_epoch: 4", "iters_per_epoch: 1")
+    cfg = write_config(tmp_path, "one", tmp_path / "one", source["data"], stages=stages,
+                       extra=f"init_from: {source['config']}\n")
+    result = run_script("train_al.py", cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("] reused from ") == 1  # the teacher; query1 computed here
+    ours, theirs = tmp_path / "one" / "01_query1", source["run"] / "01_query1"
+    one, two = np.load(ours / "pseudo_done.npz"), np.load(theirs / "pseudo_done.npz")
+    assert (one["has_scores"] == two["has_scores"]).all()
+    np.testing.assert_allclose(one["scores"], two["scores"], rtol=1e-5, atol=1e-6)
+    assert (pool_cells(ours / "pool.npz") == pool_cells(theirs / "pool.npz")).all()
+    return ours, theirs

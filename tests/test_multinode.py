@@ -12,13 +12,12 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
 from engine import distributed
-from tests.pipeline_helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, pool_cells, run_script,
-                                    write_config)
+from tests.pipeline_helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, pool_cells,
+                                    query_alone_from, write_config)
 
 pytestmark = pytest.mark.slow
 STAGES = ("00_teacher", "01_query1")
@@ -78,16 +77,7 @@ def test_two_nodes_equal_one_node_with_two_processes(two_nodes, ddp_run):
 
 def test_one_process_selects_what_the_two_nodes_selected(two_nodes, tmp_path):
     # One process reuses the two-node teacher (init_from), then pseudo-labels, scores and selects alone.
-    stages = DDP_STAGES.replace("iters_per_epoch: 4", "iters_per_epoch: 1")
-    cfg = write_config(tmp_path, "one", tmp_path / "one", two_nodes["data"], stages=stages,
-                       extra=f"init_from: {two_nodes['config']}\n")
-    result = run_script("train_al.py", cfg)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("] reused from ") == 1
-    ours, theirs = tmp_path / "one" / "01_query1", two_nodes["run"] / "01_query1"
-    one, two = np.load(ours / "pseudo_done.npz"), np.load(theirs / "pseudo_done.npz")
-    np.testing.assert_allclose(one["scores"], two["scores"], rtol=1e-5, atol=1e-6)
-    assert (pool_cells(ours / "pool.npz") == pool_cells(theirs / "pool.npz")).all()
+    query_alone_from(two_nodes, tmp_path)
 
 
 # --------------------------------------------------------------------------- a folder not shared

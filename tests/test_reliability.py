@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from datasets import build_source
 from datasets.synthetic import generate_synthetic
 from tests.pipeline_helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, leftover_temporaries,
-                                    pool_cells, run_script, write_config, write_ssl_config)
+                                    pool_cells, query_alone_from, run_script, write_config, write_ssl_config)
 
 pytestmark = pytest.mark.slow
 
@@ -120,19 +119,7 @@ def test_a_rank_whose_weights_drifted_stops_the_run(al_run, tmp_path):
 
 
 def test_one_process_selects_the_same_cells_from_the_same_teacher(ddp_run, tmp_path):
-    # The one-process run reuses only the 2-rank teacher (its query1 trains 1 step instead of 4),
-    # then pseudo-labels, scores and selects by itself.
-    stages = DDP_STAGES.replace("iters_per_epoch: 4", "iters_per_epoch: 1")
-    cfg = write_config(tmp_path, "one", tmp_path / "one", ddp_run["data"], stages=stages,
-                       extra=f"init_from: {ddp_run['config']}\n")
-    result = run_script("train_al.py", cfg)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("] reused from ") == 1  # the teacher; query1 computed here
-    ours, theirs = tmp_path / "one" / "01_query1", ddp_run["run"] / "01_query1"
-    one, two = np.load(ours / "pseudo_done.npz"), np.load(theirs / "pseudo_done.npz")
-    assert (one["has_scores"] == two["has_scores"]).all()
-    np.testing.assert_allclose(one["scores"], two["scores"], rtol=1e-5, atol=1e-6)
-    assert (pool_cells(ours / "pool.npz") == pool_cells(theirs / "pool.npz")).all()
+    ours, _ = query_alone_from(ddp_run, tmp_path)
     assert (pool_cells(ours / "pool.npz") != pool_cells(tmp_path / "one" / "00_teacher" / "pool.npz")).any()
     # ... and evaluates the teacher to the mIoU the two ranks recorded together.
     from engine.config import load_config
