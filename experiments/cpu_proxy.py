@@ -144,7 +144,7 @@ def table_lines(paper, runs) -> list:
         lines.append("| " + " | ".join([
             name, seeds.cell(), _fmt(ours_change, signed=True), _fmt(p),
             _fmt(p - p_prev, signed=True) if p is not None and p_prev is not None else DASH,
-            f"{pct} / {_fmt(ppct) if ppct is not None else DASH}", _last_stage_wall(seeds)]) + " |")
+            f"{pct} / {_fmt(ppct)}", _last_stage_wall(seeds)]) + " |")
     return lines + [""]
 
 
@@ -183,8 +183,7 @@ def scratch_lines(runs) -> list:
     pretrained = Seeds(seed_runs(runs, "cpu/camvid/row1"))
     if not scratch or not pretrained.n:
         return []
-    first = next(r for r in pretrained.runs if r.run_dir.name == "row1") if any(
-        r.run_dir.name == "row1" for r in pretrained.runs) else pretrained.runs[0]
+    first = next((r for r in pretrained.runs if r.run_dir.name == "row1"), pretrained.runs[0])
     return [f"ImageNet weights against none, row 1 (seed 0, same steps): {first.final_miou:.2f} from "
             f"EfficientNet-Lite0's ImageNet weights, {scratch[0].final_miou:.2f} from scratch "
             f"({first.final_miou - scratch[0].final_miou:+.2f}).", ""]
