@@ -33,17 +33,19 @@ from datasets import dataset_classes, dataset_palette  # noqa: E402
 from datasets.camvid import is_list_file  # noqa: E402
 from datasets.source import IMAGE_SUFFIXES  # noqa: E402
 from datasets.source import check_utf8_name, read_rgb, resize_pair  # noqa: E402
-from engine import checkpoint as ckpt  # noqa: E402
+from core import checkpoint as ckpt  # noqa: E402
 from engine import data as data_utils  # noqa: E402
-from engine import distributed  # noqa: E402
-from engine.evaluate import evaluate  # noqa: E402
+from core import distributed  # noqa: E402
+from engine.evaluation import evaluate  # noqa: E402
 from engine.inference import config_settings, predict_loader  # noqa: E402
-from engine.io import atomic_write_index_png, atomic_write_json, atomic_write_png, flat_name  # noqa: E402
-from engine.logger import colorize  # noqa: E402
-from engine.optim import make_model  # noqa: E402
-from engine.precision import configure_backends, resolve_amp  # noqa: E402
-from engine.run import RunDirectory, exit_on_input_error, fail, load_config_or_exit  # noqa: E402
-from engine.stages import scan_source, transfer_weights  # noqa: E402
+from core.io import atomic_write_index_png, atomic_write_json, atomic_write_png, flat_name  # noqa: E402
+from datasets.classes import colorize  # noqa: E402
+from models.build import make_model  # noqa: E402
+from core.precision import configure_backends, resolve_amp  # noqa: E402
+from core.cli import exit_on_input_error, fail, load_config_or_exit  # noqa: E402
+from al.rundir import RunDirectory  # noqa: E402
+from engine.scan import scan_source  # noqa: E402
+from models.build import transfer_weights  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -118,7 +120,7 @@ def output_folder(weights: Path, from_stage: bool) -> Path:
 def build_model(cfg, state: dict, num_classes: int, weights: Path, ctx):
     """The config's model (no representation head: evaluation needs only the logits), strictly
     loaded; channels_last as in training, so the numbers equal the run's own evaluation."""
-    model = make_model(cfg, num_classes, rep_head=False, noise=False, pretrained="none")
+    model = make_model(cfg.model, num_classes, rep_head=False, noise=False, pretrained="none")
     try:
         transfer_weights(model, state)
     except RuntimeError as err:

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from engine.annotate import MANIFEST, AnnotationError, read_manifest
+from al.annotate import MANIFEST, AnnotationError, read_manifest
 
 
 def _manifest(path: str) -> Path:
@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     try:
         manifest = _manifest(args.annotate)
         if args.command == "export":
-            from engine import labelstudio
-            from engine.io import atomic_write_text
+            from al import labelstudio
+            from core.io import atomic_write_text
             tasks, config = labelstudio.write_export(manifest, local_files_url(Path(args.document_root)))
             meta = read_manifest(manifest)
             labels = manifest.parent / "cvat_labels.json"
@@ -86,13 +86,13 @@ def main(argv=None) -> int:
             print(f"wrote {tasks}, {config} and {labels}")
             return 0
         if args.command == "import-labelstudio":
-            from engine.labelstudio import import_export
+            from al.labelstudio import import_export
             written = import_export(Path(args.source), manifest)
         elif args.command == "import-cvat":
-            from engine.cvat import import_cvat
+            from al.cvat import import_cvat
             written = import_cvat(Path(args.source), manifest)
         else:
-            from engine.cvat import import_masks
+            from al.cvat import import_masks
             written = import_masks(Path(args.source), manifest)
     except (AnnotationError, OSError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

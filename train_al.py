@@ -21,11 +21,11 @@ import sys
 # environment value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from engine import distributed  # noqa: E402
-from engine.oracle import AwaitingLabels  # noqa: E402
-from engine.pipeline import open_experiment  # noqa: E402
-from engine.run import (EXIT_AWAITING_LABELS, exit_on_input_error, interrupted_message,  # noqa: E402
-                        load_config_or_exit, parse_args)
+from core import distributed  # noqa: E402
+from al.oracle import AwaitingLabels  # noqa: E402
+from al.experiment import open_experiment  # noqa: E402
+from core.cli import EXIT_AWAITING_LABELS, exit_on_input_error, load_config_or_exit, parse_args  # noqa: E402
+from al.rundir import interrupted_message  # noqa: E402
 
 
 def main() -> None:

@@ -16,9 +16,9 @@ import os
 # environment value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from engine import distributed  # noqa: E402
-from engine.pipeline import open_experiment  # noqa: E402
-from engine.run import exit_on_input_error, fail, load_config_or_exit, parse_args  # noqa: E402
+from core import distributed  # noqa: E402
+from al.experiment import open_experiment  # noqa: E402
+from core.cli import exit_on_input_error, fail, load_config_or_exit, parse_args  # noqa: E402
 
 
 def main() -> None:

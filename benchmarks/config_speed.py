@@ -27,10 +27,11 @@ import torch  # noqa: E402
 from benchmarks.config_args import (V100_MIB, add_config_arguments, configs_and_overrides,  # noqa: E402
                                     largest_stage)
 from benchmarks.config_args import num_classes as config_num_classes  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.distributed import resolve_device  # noqa: E402
-from engine.optim import make_model, make_optimizer  # noqa: E402
-from engine.precision import configure_backends, resolve_amp  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.distributed import resolve_device  # noqa: E402
+from models.build import make_model  # noqa: E402
+from engine.optim import make_optimizer  # noqa: E402
+from core.precision import configure_backends, resolve_amp  # noqa: E402
 from engine.trainer import step_loss, to_device  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def time_steps(cfg, stage, device, amp: str, steps: int, warmup: int, model=None
     the stage's network to reuse (built by `make_model` as here); a fresh one when None."""
     num_classes = config_num_classes(cfg)
     if model is None:
-        model = make_model(cfg, num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none")
+        model = make_model(cfg.model, num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none")
     model = model.to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -101,8 +101,8 @@ def images_per_second(batches, count: int, warmup: int = 2) -> float:
 def cityscapes_cache(args) -> None:
     from datasets import EvalTransform
     from engine.data import ordered_loader, stream_loader
-    from engine.distributed import DistContext
-    from engine.stages import scan_source
+    from core.distributed import DistContext
+    from engine.scan import scan_source
 
     ctx, workers, batch = DistContext(), args.workers, args.batch_size
     with tempfile.TemporaryDirectory() as tmp:

@@ -47,10 +47,10 @@ from benchmarks import host_syncs, reco_loss  # noqa: E402
 from benchmarks.config_args import V100_MIB, largest_stage  # noqa: E402
 from benchmarks.config_args import num_classes as config_num_classes  # noqa: E402
 from benchmarks.config_speed import time_steps  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.distributed import DistContext  # noqa: E402
-from engine.optim import make_model  # noqa: E402
-from engine.precision import configure_backends  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.distributed import DistContext  # noqa: E402
+from models.build import make_model  # noqa: E402
+from core.precision import configure_backends  # noqa: E402
 
 # One config per family of the memory table in benchmarks/RESULTS.md (configs of a family share
 # backbone, crop and per-GPU batch of their largest stage), and the CamVid row 2 of the last part.
@@ -123,7 +123,7 @@ def part_speed(args, device, deadline: float) -> dict:
                 row["modes"][mode], stopped = "not measured: time share spent", True
                 continue
             if model is None:
-                model = make_model(cfg, config_num_classes(cfg), rep_head=stage.reco, noise=stage.noise,
+                model = make_model(cfg.model, config_num_classes(cfg), rep_head=stage.reco, noise=stage.noise,
                                    pretrained="none")
             row["modes"][mode] = _measure(cfg, stage, device, mode, model, args)
         del model
@@ -152,8 +152,8 @@ def fits_16gb(peak_reserved_mib: float, context_mib: float) -> bool:
 
 
 def part_host_syncs(args, device, deadline: float) -> dict:
-    from engine.logger import RunLogger
-    from engine.pipeline import Experiment
+    from core.logger import RunLogger
+    from al.experiment import Experiment
     from engine.trainer import train_phase
 
     steps, log_every = (7, 3) if args.smoke else (40, 10)
@@ -173,7 +173,7 @@ def part_host_syncs(args, device, deadline: float) -> dict:
         exp = Experiment(cfg, ctx, dry_run=False, overwrite=True)
         labeled_view, _ = exp.views(exp.initial_pool(), None, {})
         stage = cfg.stages["teacher"]
-        model = make_model(cfg, exp.pool_src.num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none")
+        model = make_model(cfg.model, exp.pool_src.num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none")
         out.mkdir(parents=True, exist_ok=True)
         logger = RunLogger(out, enabled=True)
         with torch.profiler.profile(activities=host_syncs.profiler_activities(device)) as prof:
@@ -238,7 +238,7 @@ def part_camvid_row2(args, device, deadline: float) -> dict:
 def row_progress(cfg, out: Path, run: dict) -> dict:
     """Images/s and the time the whole row would take, from a finished run's metrics.json or from
     the newest checkpoint (step, training seconds) of a run stopped at its deadline."""
-    from engine import checkpoint as ckpt
+    from core import checkpoint as ckpt
     name, stage = next(iter(cfg.stages.items()))
     total = stage.epochs * stage.iters_per_epoch
     per_step = stage.batch_labeled + stage.batch_unlabeled
@@ -303,7 +303,7 @@ def describe_machine(device) -> dict:
                     memory_mib=props.total_memory / 2**20, cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version())
     else:
-        from engine.run import describe_device
+        from al.rundir import describe_device
         info["card"] = describe_device(DistContext())
     return info
 

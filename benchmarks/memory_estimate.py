@@ -41,8 +41,9 @@ import torch  # noqa: E402
 from benchmarks.config_args import (V100_MIB, add_config_arguments, configs_and_overrides,  # noqa: E402
                                     largest_stage)
 from benchmarks.config_args import num_classes as config_num_classes  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.optim import make_model, make_optimizer  # noqa: E402
+from core.config import load_config  # noqa: E402
+from models.build import make_model  # noqa: E402
+from engine.optim import make_optimizer  # noqa: E402
 from losses.ce import masked_cross_entropy  # noqa: E402
 
 BUDGET_GIB = V100_MIB / 1024
@@ -58,7 +59,7 @@ class StepRunner:
         _, self.stage = largest_stage(cfg)
         self.num_classes = config_num_classes(cfg)
         self.shape = (self.stage.batch_labeled + self.stage.batch_unlabeled, *cfg.data.crop_size)
-        self.model = make_model(cfg, self.num_classes, rep_head=self.stage.reco, noise=self.stage.noise,
+        self.model = make_model(cfg.model, self.num_classes, rep_head=self.stage.reco, noise=self.stage.noise,
                                 pretrained="none")
         self.model.train()
         self.optimizer = make_optimizer(self.model, cfg.optim)

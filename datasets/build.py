@@ -9,8 +9,9 @@ import numpy as np
 
 from .camvid import build_camvid
 from .cityscapes import build_cityscapes
-from .classes import CAMVID_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX, check_palette, default_palette
-from .folder import build_folder, check_classes
+from core.labels import IGNORE_INDEX, check_classes, check_palette
+from .classes import CAMVID_CLASSES, CITYSCAPES_CLASSES, default_palette
+from .folder import build_folder
 from .source import SegmentationSource
 
 DATASETS = ("camvid", "cityscapes", "synthetic", "folder")

@@ -11,8 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-IGNORE_INDEX = 255
-INVALID = -1
+from core.labels import IGNORE_INDEX, INVALID  # noqa: F401 (the one definition)
 
 # SegNet's 11-class CamVid labelling; raw value 11 is "void".
 CAMVID_CLASSES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car",
@@ -109,12 +108,10 @@ def default_palette(num_classes: int) -> np.ndarray:
     return PALETTE[np.arange(num_classes) % len(PALETTE)]
 
 
-def check_palette(palette, num_classes: int) -> np.ndarray:
-    """A user palette as uint8 (num_classes, 3); wrong length or values outside 0..255 raise."""
-    arr = np.asarray(palette)
-    if arr.shape != (num_classes, 3) or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"palette must be {num_classes} [r, g, b] integer triples (one per class), "
-                         f"got shape {arr.shape}")
-    if arr.min() < 0 or arr.max() > 255:
-        raise ValueError(f"palette values must be in 0..255, got {arr.min()}..{arr.max()}")
-    return arr.astype(np.uint8)
+def colorize(label: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
+    """(H, W) class ids (255 = ignore, drawn black) -> (H, W, 3) uint8 in `palette` colours
+    ((K, 3) uint8; ids past its end wrap around)."""
+    out = np.zeros(label.shape + (3,), dtype=np.uint8)
+    valid = label != IGNORE_INDEX
+    out[valid] = palette[label[valid] % len(palette)]
+    return out

@@ -24,21 +24,18 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
+from core.errors import InputError
+from core.io import printable  # noqa: F401 (source.py re-exports it)
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never grey rows
 
 # Label modes whose pixel values are class indices, and how numpy sees them.
 _INDEX_MODES = {"L": "8-bit grey", "P": "palette (indices are read)", "1": "1-bit"}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """A file that is not a readable image of the expected kind; the message names the file."""
 
-
-def printable(path) -> str:
-    """A path as text that can always be printed: bytes that are not UTF-8 (kept by Python as
-    surrogate escapes) are shown as \\xNN instead of making print() raise."""
-    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def check_utf8_name(path) -> None:

@@ -18,45 +18,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .camvid import is_list_file
-from .classes import IGNORE_INDEX, INVALID
+from core.labels import IGNORE_INDEX, check_classes, folder_lut
 from .source import SegmentationSource, SourceEntry, paired_folder_entries, read_list_file
 
 
-def check_classes(classes) -> tuple[str, ...]:
-    """At least two distinct names, and few enough that every id fits below 255 (= ignore)."""
-    if classes is None:
-        raise ValueError("the folder dataset needs data.classes (class names in label-id order)")
-    classes = tuple(classes)
-    if not 2 <= len(classes) <= IGNORE_INDEX:
-        raise ValueError(f"data.classes: need 2..{IGNORE_INDEX} class names, got {len(classes)}")
-    duplicates = sorted({c for c in classes if classes.count(c) > 1})
-    if duplicates:
-        raise ValueError(f"data.classes: duplicate class names {duplicates}")
-    return classes
-
-
-def folder_lut(num_classes: int, ignore_index: int = IGNORE_INDEX,
-               label_map: Mapping[int, int] | None = None) -> np.ndarray:
-    """256-entry raw value -> class id table (see classes.py): `label_map` (or the identity
-    0..C-1), `ignore_index` -> 255, everything else INVALID so that reading it fails."""
-    if not 0 <= ignore_index <= 255:
-        raise ValueError(f"data.ignore_index must be a raw label value 0..255, got {ignore_index}")
-    mapping = dict(label_map) if label_map is not None else {v: v for v in range(num_classes)}
-    if ignore_index in mapping:
-        raise ValueError(f"data.ignore_index {ignore_index} is also a class value "
-                         f"({'a data.label_map key' if label_map is not None else 'a class id'}); "
-                         f"a raw value is either a class or ignored")
-    lut = np.full(256, INVALID, dtype=np.int16)
-    for raw, class_id in mapping.items():
-        if not 0 <= raw <= 255:
-            raise ValueError(f"data.label_map: raw label value {raw} is outside 0..255 (8-bit PNG)")
-        if not (0 <= class_id < num_classes or class_id == IGNORE_INDEX):
-            raise ValueError(f"data.label_map: {raw} -> {class_id}: class id must be in "
-                             f"0..{num_classes - 1} (or {IGNORE_INDEX} to ignore the value)")
-        lut[raw] = class_id
-    lut[ignore_index] = IGNORE_INDEX
-    lut.setflags(write=False)
-    return lut
 
 
 def folder_entries_from_folders(root: Path, split: str, lut: np.ndarray,

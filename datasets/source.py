@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 from .cache import ResizedCache, png_size
-from .classes import IGNORE_INDEX, INVALID, check_palette, default_palette
+from core.labels import IGNORE_INDEX, INVALID, check_palette
+from .classes import default_palette
 # read_rgb / read_label_png are looked up here at read time (tests replace them to count decodes).
 from .decode import check_utf8_name, printable, read_label_png, read_rgb  # noqa: F401
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from .classes import IGNORE_INDEX
+from core.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

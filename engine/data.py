@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from datasets import EvalTransform, SegmentationSource, StrongAug, WeakAug, build_source
 from datasets.synthetic import generate_synthetic
-from engine.distributed import DistContext
+from core.distributed import DistContext
 
 
 def prepare_data_root(cfg) -> None:

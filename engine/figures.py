@@ -1,12 +1,12 @@
 """Pictures for people (TensorBoard panels, query_vis/, annotation previews): the data panels of
-query/visualize.py and engine/logger.colorize, enlarged to a legible size, with column titles,
+query/visualize.py and core/logger.colorize, enlarged to a legible size, with column titles,
 a colour bar and legends. The arrays that are data (label PNGs, scores) never go through here."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from engine.logger import colorize
+from datasets.classes import colorize
 from query.visualize import LABELED_TINT_COLOR, OUTLINE_COLOR
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets.transforms import normalize_images
-from engine.precision import autocast
+from core.precision import autocast
 
 MODES = ("whole", "slide")
 

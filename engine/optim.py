@@ -1,21 +1,9 @@
-"""SGD with a head learning-rate multiplier and the poly schedule, plus model construction."""
+"""SGD with a head learning-rate multiplier and the poly schedule."""
 from __future__ import annotations
 
 import torch
 
-from models import build_model
 
-
-def make_model(cfg, num_classes: int, *, rep_head: bool, noise: bool, pretrained: str | None = None):
-    """DeepLabv3+ for a stage. Noisy students get the paper's noise: dropout before the
-    classifier for MobileNetV2, stochastic depth on the residual blocks for the ResNets."""
-    m = cfg.model
-    resnet = m.backbone.startswith("resnet")
-    return build_model(backbone=m.backbone, num_classes=num_classes, output_stride=m.output_stride,
-                       pretrained=m.pretrained if pretrained is None else pretrained,
-                       rep_dim=m.rep_dim, rep_head=rep_head,
-                       dropout=m.dropout if noise and not resnet else 0.0,
-                       stochastic_depth=m.stochastic_depth if noise and resnet else 0.0)
 
 
 def make_optimizer(model, optim_cfg) -> torch.optim.SGD:

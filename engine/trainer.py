@@ -27,7 +27,7 @@ Host reads (device -> host synchronisations) per step, on CUDA:
   * `runtime.nonfinite: skip` adds one read per step: whether the loss is finite must be known
     before `optimizer.step()` to skip it.
   * fp16 (GradScaler) adds one read per step inside `scaler.step` (its inf check): the price of
-    fp16, which auto picks only on cards without native bf16 (engine/precision.py).
+    fp16, which auto picks only on cards without native bf16 (core/precision.py).
 """
 from __future__ import annotations
 
@@ -36,27 +36,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from datasets.transforms import normalize_images
-from engine import checkpoint as ckpt
-from engine import distributed as dist_utils
-from engine import faults
+from core import checkpoint as ckpt
+from core import distributed as dist_utils
+from core import faults
 from engine.data import stream_loader
 from engine.optim import make_optimizer, set_poly_lr
-from engine.precision import autocast
-from engine.run import RunInputError
+from engine.parallel import unwrap, wrap_model
+from core.precision import autocast
+from core.errors import NonFiniteLoss, RunInputError
 from losses.ce import masked_cross_entropy
 from losses.reco import reco_loss
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def unwrap(model):
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def seed_rank_noise(seed: int, rank: int) -> None:
@@ -158,7 +152,7 @@ def train_phase(model, *, stage, stage_name: str, cfg, ctx, amp: str, labeled_vi
     model.to(device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    net = dist_utils.wrap_model(model, ctx, cfg.model.sync_bn)  # before the optimizer: SyncBN swaps modules
+    net = wrap_model(model, ctx, cfg.model.sync_bn)  # before the optimizer: SyncBN swaps modules
     model = unwrap(net)
     optimizer = make_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")

@@ -403,7 +403,7 @@ def labelled_curves(runs, folder: Path) -> str:
     """One mIoU-vs-labelled-% chart per run of any data set (the random-query twin `<config>_random`
     beside it when there is one), and the report section that lists them."""
     from engine.figures import labelled_curve
-    from engine.io import atomic_write_png
+    from core.io import atomic_write_png
     lines = []
     for name in sorted(runs):
         if name.endswith("_random") and name[:-len("_random")] in runs:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .sampled_dot import sampled_row_dot
 
-IGNORE_INDEX = 255
+from core.labels import IGNORE_INDEX
 
 
 @dataclass

@@ -77,7 +77,7 @@ def write_ssl_config(folder: Path, name: str, output_dir: Path, data_root: Path,
 def run_script(script: str, config: Path, *overrides: str, die_at: str | None = None, nproc: int = 1,
                timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `script` (plain python, or torchrun with `nproc` gloo ranks). Fault hooks of
-    engine/faults.py are off unless asked for: `die_at`, or `env` (e.g. S4AL_PERTURB_RANK)."""
+    core/faults.py are off unless asked for: `die_at`, or `env` (e.g. S4AL_PERTURB_RANK)."""
     extra = env or {}
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"}
     for hook in ("S4AL_DIE_AT", "S4AL_PERTURB_RANK"):  # never inherited from the caller's shell
@@ -126,9 +126,9 @@ def stage_weights(run_dir: Path, stage: str) -> dict:
 
 def noise_free_model(cfg, state: dict, num_classes: int):
     """The stage's network with `state` loaded (every key), without student noise, in eval mode."""
-    from engine.optim import make_model
+    from models.build import make_model
     rep_head = any(k.startswith("representation_head.") for k in state)
-    model = make_model(cfg, num_classes, rep_head=rep_head, noise=False, pretrained="none")
+    model = make_model(cfg.model, num_classes, rep_head=rep_head, noise=False, pretrained="none")
     model.load_state_dict(state)
     return model.eval()
 

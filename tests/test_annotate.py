@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.annotate import (AnnotationError, Task, cumulative, read_annotations, read_imported,
+from al.annotate import (AnnotationError, Task, cumulative, read_annotations, read_imported,
                             write_label_folder, write_task)
 
 
@@ -126,7 +126,7 @@ def test_human_labels_accumulate_and_their_folder_appears_whole(tmp_path):
 
 
 def test_views_read_each_images_newest_human_labels_and_reuse_brings_them_along(tmp_path):
-    from engine.oracle import copy_human_labels, human_label_paths
+    from al.oracle import copy_human_labels, human_label_paths
     stages = [tmp_path / "run" / name for name in ("00_teacher", "01_query1", "02_query2")]
     for stage, names in ((stages[1], ["a.png", "c__d.png"]), (stages[2], ["a.png"])):
         (stage / "human_labels").mkdir(parents=True)
@@ -252,7 +252,7 @@ def imported(demo_base, awaiting, bad_file_runs):
 
 @pytest.mark.slow
 def test_a_human_query_writes_the_task_and_stops_cleanly(awaiting):
-    from engine.run import EXIT_AWAITING_LABELS
+    from core.cli import EXIT_AWAITING_LABELS
     run, result = awaiting["run"], awaiting["result"]
     assert EXIT_AWAITING_LABELS not in (0, 2)  # neither success nor bad input
     assert result.returncode == EXIT_AWAITING_LABELS, result.stderr[-3000:]
@@ -277,7 +277,7 @@ def test_a_human_query_writes_the_task_and_stops_cleanly(awaiting):
 
 @pytest.mark.slow
 def test_a_missing_label_file_means_waiting_not_an_error(bad_file_runs, demo_base):
-    from engine.run import EXIT_AWAITING_LABELS
+    from core.cli import EXIT_AWAITING_LABELS
     path, result, before, after = bad_file_runs["missing"]
     assert result.returncode == EXIT_AWAITING_LABELS, result.stderr[-3000:]
     assert "1 of 8 label files are missing" in result.stdout and "--import-partial" in result.stdout
@@ -370,7 +370,7 @@ def campaign(demo_base):
 
 @pytest.mark.slow
 def test_a_partial_import_reveals_only_the_labelled_images_with_exact_pixels(campaign):
-    from engine.run import EXIT_AWAITING_LABELS
+    from core.cli import EXIT_AWAITING_LABELS
     steps, run = campaign["steps"], campaign["run"]
     assert steps["ask"].returncode == EXIT_AWAITING_LABELS
     assert steps["without flag"].returncode == EXIT_AWAITING_LABELS, steps["without flag"].stderr[-2000:]
@@ -394,7 +394,7 @@ def test_a_partial_import_reveals_only_the_labelled_images_with_exact_pixels(cam
 
 @pytest.mark.slow
 def test_a_campaign_grows_in_place_and_asks_again_for_the_unlabelled_images(campaign):
-    from engine.run import EXIT_AWAITING_LABELS
+    from core.cli import EXIT_AWAITING_LABELS
     grown, run = campaign["steps"]["grown"], campaign["run"]
     assert grown.returncode == EXIT_AWAITING_LABELS, grown.stderr[-3000:]
     assert "already finished" in grown.stdout and "different config" not in grown.stderr

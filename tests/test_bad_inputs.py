@@ -305,7 +305,7 @@ def _(s):
 @case("world size differs from the stage's checkpoint", run=True)
 def _(s):
     # query1 unfinished, with a checkpoint that two processes wrote (its rng list has two entries).
-    from engine.checkpoint import save_step
+    from core.checkpoint import save_step
     stage = s.run / "02_query1"
     (stage / "metrics.json").unlink()
     state = torch.load(stage / "weights.pth", weights_only=True)
@@ -547,7 +547,7 @@ def test_decoded_pixels_are_the_ones_cv2_decodes(tmp_path):
 
 @pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
 def test_an_annotation_label_outside_the_annotate_folder_is_refused(tmp_path, how):
-    from engine.annotate import AnnotationError, Task, read_annotations, write_task
+    from al.annotate import AnnotationError, Task, read_annotations, write_task
     region = np.ones((6, 8), bool)
     image = np.zeros((6, 8, 3), np.uint8)
     manifest = write_task(tmp_path / "annotate", "q", ["bg", "fg"], [Task("a", None, image, region, image)], ["a"],
@@ -567,7 +567,7 @@ def test_an_annotation_label_outside_the_annotate_folder_is_refused(tmp_path, ho
 
 
 def test_a_one_bit_annotation_is_imported_as_indices(tmp_path):
-    from engine.annotate import Task, read_annotations, write_task
+    from al.annotate import Task, read_annotations, write_task
     region = np.zeros((6, 8), bool)
     region[:, :4] = True
     image = np.zeros((6, 8, 3), np.uint8)
@@ -583,8 +583,8 @@ def test_a_one_bit_annotation_is_imported_as_indices(tmp_path):
 
 # --------------------------------------------------------------------------- --overwrite keeps what is not a run
 def test_overwrite_never_deletes_the_configs_or_the_project(tmp_path):
-    from engine.config import CONFIG_DIR, PROJECT_ROOT, ConfigError, load_config
-    from engine.guard import check_overwrite
+    from core.config import CONFIG_DIR, PROJECT_ROOT, ConfigError, load_config
+    from al.guard import check_overwrite
     cfg = load_config("demo", [f"data.root={tmp_path}"])
     for folder in (CONFIG_DIR, PROJECT_ROOT, PROJECT_ROOT.parent):
         with pytest.raises(ConfigError, match="never deletes it"):
@@ -596,8 +596,8 @@ def test_overwrite_moves_the_annotators_labels_aside(human_run, tmp_path):
     shutil.copytree(human_run["run"], run, symlinks=True)
     labels = run / "01_query1" / "annotate" / "labels"
     (labels / "x.png").write_bytes(png_bytes(np.zeros((48, 64), np.uint8)))
-    from engine.guard import annotator_label_dirs, check_overwrite, clear_run, describe_overwrite
-    from engine.config import load_config
+    from al.guard import annotator_label_dirs, check_overwrite, clear_run, describe_overwrite
+    from core.config import load_config
     cfg = load_config(str(human_run["config"]), [f"output_dir={run}"])
     check_overwrite(run, cfg)
     aside = tmp_path / "run.annotator_labels"
@@ -611,7 +611,7 @@ def test_overwrite_moves_the_annotators_labels_aside(human_run, tmp_path):
 # --------------------------------------------------------------------------- the lock
 _HOLD = """
 import os, sys, time
-from engine.guard import RunLock
+from al.guard import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -619,8 +619,8 @@ time.sleep(600)
 
 
 def test_a_killed_holder_releases_the_lock(tmp_path):
-    from engine.config import ConfigError
-    from engine.guard import RunLock
+    from core.config import ConfigError
+    from al.guard import RunLock
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
                               text=True)
     try:

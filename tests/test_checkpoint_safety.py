@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import checkpoint as ckpt
-from engine.stages import load_weights
+from core import checkpoint as ckpt
+from models.build import load_weights
 from tests.pipeline_helpers import run_script, write_config
 
 
@@ -118,7 +118,7 @@ def test_saving_what_weights_only_cannot_load_fails_at_save_time(tmp_path):
 
 # --------------------------------------------------------------------------- the scripts
 def test_input_errors_mid_run_become_one_error_line_and_others_keep_their_traceback(capsys):
-    from engine.run import exit_on_input_error
+    from core.cli import exit_on_input_error
     with pytest.raises(SystemExit) as stopped, exit_on_input_error():
         raise ckpt.UnsafeCheckpoint("runs/x/00_teacher/weights.pth: refused to load")
     assert stopped.value.code == 2
@@ -129,7 +129,7 @@ def test_input_errors_mid_run_become_one_error_line_and_others_keep_their_traceb
 
 def _copy_run(al_run, tmp_path, name):
     """A copy of the finished tiny AL run, with a config whose output_dir is the copy."""
-    from engine.config import load_config, save_config
+    from core.config import load_config, save_config
     run = tmp_path / name
     shutil.copytree(al_run["run"], run)
     cfg = write_config(tmp_path, "tiny_al", run, al_run["data"])

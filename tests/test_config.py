@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import CONFIG_DIR, ConfigError, dump_config, load_config, resolve_config_path
+from core.config import CONFIG_DIR, ConfigError, dump_config, load_config, resolve_config_path
 
 
 def write(path: Path, text: str) -> Path:

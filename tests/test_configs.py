@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.config import CONFIG_DIR, load_config
-from engine.distributed import DistContext
+from core.config import CONFIG_DIR, load_config
+from core.distributed import DistContext
 
 CONFIGS = sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
                  for p in CONFIG_DIR.rglob("*.yaml") if "_base_" not in p.parts)
@@ -49,7 +49,7 @@ def fake_roots(tmp_path_factory):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_passes_dry_run(name, fake_roots, tmp_path):
-    from engine.pipeline import Experiment
+    from al.experiment import Experiment
     cfg = load_config(name)
     overrides = [f"output_dir={tmp_path / 'run'}"]
     if cfg.data.dataset != "synthetic":

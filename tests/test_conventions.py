@@ -15,7 +15,7 @@ from tests.pipeline_helpers import REPO, write_config
 
 
 def test_mean_class_accuracy_against_a_hand_count():
-    from engine.evaluate import mean_class_accuracy
+    from engine.evaluation import mean_class_accuracy
     # rows = true class, columns = predicted: class 0 right 3 of 4, class 1 right 1 of 2, class 2 absent
     conf = np.array([[3, 1, 0], [1, 1, 0], [0, 5, 0]])
     conf[2] = 0

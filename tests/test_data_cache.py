@@ -11,9 +11,9 @@ import pytest
 
 import datasets.source as source_module
 from datasets import build_source
-from engine.config import ConfigError, auto_workers, load_config
-from engine.distributed import DistContext
-from engine.stages import scan_source
+from core.config import ConfigError, auto_workers, load_config
+from core.distributed import DistContext
+from engine.scan import scan_source
 
 # Cityscapes labelIds -> train ids: road 7 -> 0, sidewalk 8 -> 1, building 11 -> 2, car 26 -> 13,
 # unlabeled 0 -> 255. A cache that stored raw values would hand out 7/8/11/26.
@@ -179,7 +179,7 @@ def test_engine_source_uses_data_cache_dir_and_the_scan_fills_it(city, tmp_path)
 # --------------------------------------------------------------------------- data.workers
 def test_auto_workers_share_the_cores_among_the_ranks_of_a_node(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    monkeypatch.setattr("engine.config._cgroup_cpu_quota", lambda: None)
+    monkeypatch.setattr("core.config._cgroup_cpu_quota", lambda: None)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert auto_workers() == 16
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
@@ -187,12 +187,12 @@ def test_auto_workers_share_the_cores_among_the_ranks_of_a_node(monkeypatch, tmp
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert auto_workers() == 1  # never 0: that would mean "load in the main process"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setattr("engine.config._cgroup_cpu_quota", lambda: 6)  # a container's CPU quota
+    monkeypatch.setattr("core.config._cgroup_cpu_quota", lambda: 6)  # a container's CPU quota
     assert auto_workers() == 3
 
 
 def test_cgroup_quota_file_is_read(tmp_path):
-    from engine.config import _cgroup_cpu_quota
+    from core.config import _cgroup_cpu_quota
     f = tmp_path / "cpu.max"
     f.write_text("250000 100000\n")
     assert _cgroup_cpu_quota(str(f)) == 2
@@ -202,7 +202,7 @@ def test_cgroup_quota_file_is_read(tmp_path):
 
 
 def test_data_workers_null_resolves_and_explicit_values_stay(tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.config.auto_workers", lambda: 7)
+    monkeypatch.setattr("core.config.auto_workers", lambda: 7)
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text("data: {dataset: camvid, root: x}\nstages: {}\n")
     assert load_config(str(cfg_path)).data.workers == 7

@@ -15,7 +15,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from engine import distributed
+from core import distributed
+from engine import parallel
+from models import sync_bn
 
 WORLD = 2
 STEPS = 2  # two steps: the running statistics must accumulate like BatchNorm's
@@ -42,7 +44,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     ctx = distributed.setup("cpu", timeout_minutes=7)
     try:
         model = _model()
-        net = distributed.wrap_model(model, ctx, sync_bn=True)
+        net = parallel.wrap_model(model, ctx, sync_bn=True)
         half = slice(rank * 2, rank * 2 + 2)  # this rank's half of every batch
         outs, input_grads = [], []
         for x, weight in _batches():
@@ -114,18 +116,18 @@ def test_ranks_hold_identical_batchnorm_statistics(ranks):
 
 def test_one_process_gets_the_model_itself():
     model = _model()
-    assert distributed.wrap_model(model, distributed.DistContext(), sync_bn=True) is model
+    assert parallel.wrap_model(model, distributed.DistContext(), sync_bn=True) is model
     assert all(type(m) is nn.BatchNorm2d for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def test_conversion_shares_parameters_and_refuses_other_batchnorms():
     model = _model()
     params = list(model.parameters())
-    converted = distributed.convert_portable_sync_bn(model)
+    converted = sync_bn.convert_portable_sync_bn(model)
     assert converted is model and list(model.parameters()) == params  # same objects: optimizers keep working
-    assert isinstance(model[1], distributed.PortableSyncBatchNorm2d) and model[4].momentum is None
+    assert isinstance(model[1], sync_bn.PortableSyncBatchNorm2d) and model[4].momentum is None
     with pytest.raises(TypeError, match="BatchNorm1d"):
-        distributed.convert_portable_sync_bn(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+        sync_bn.convert_portable_sync_bn(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
 
 
 def test_setup_passes_the_collective_timeout(monkeypatch):
@@ -140,6 +142,6 @@ def test_setup_passes_the_collective_timeout(monkeypatch):
 
 
 def test_config_defaults_for_timeout_and_sync_bn():
-    from engine.config import load_config
+    from core.config import load_config
     cfg = load_config("demo")
     assert cfg.runtime.dist_timeout_minutes == 60.0 and cfg.model.sync_bn is False

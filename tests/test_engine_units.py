@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import checkpoint as ckpt
+from core import checkpoint as ckpt
 from engine.data import StreamSampler
-from engine.distributed import DistContext
-from engine.evaluate import confusion_matrix, iou_from_confusion, miou_from_confusion
+from core.distributed import DistContext
+from engine.evaluation import confusion_matrix, iou_from_confusion, miou_from_confusion
 from engine.inference import predict_probs
 from engine.optim import poly_lr
-from engine.pseudo import pseudo_labels
+from al.pseudo import pseudo_labels
 
 
 def test_poly_schedule_values():
@@ -103,8 +103,8 @@ def test_checkpoint_corruption_is_detected_and_the_previous_one_used(tmp_path):
 
 
 def test_stage_record_keeps_the_final_miou_and_the_best_evaluation_with_its_step():
-    from engine.config import Config
-    from engine.run import stage_record
+    from core.config import Config
+    from al.rundir import stage_record
     stage = Config.wrap({"kind": "supervised", "epochs": 3, "iters_per_epoch": 10})
     metrics = {"miou": 50.0, "per_class_iou": {"a": 50.0}}
     record = stage_record("teacher", stage, metrics, 10.0, 1.0,

@@ -14,8 +14,8 @@ import pytest
 
 from datasets import PALETTE, build_source
 from datasets.decode import read_label_png
-from engine.config import ConfigError, load_config
-from engine.logger import colorize
+from core.config import ConfigError, load_config
+from datasets.classes import colorize
 from tests.pipeline_helpers import AL_STAGES, REPO, TINY, run_script
 from tests.test_datasets import write_gray, write_rgb
 

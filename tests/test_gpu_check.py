@@ -116,8 +116,8 @@ def test_time_left_unused_goes_to_the_later_parts(monkeypatch):
 
 
 def test_row2_speed_and_full_row_time_from_the_newest_checkpoint(tmp_path):
-    from engine import checkpoint as ckpt
-    from engine.config import load_config
+    from core import checkpoint as ckpt
+    from core.config import load_config
     cfg = load_config("table1/camvid/row2")  # teacher: 100 epochs x 50 steps, batch 4
     folder = tmp_path / "00_teacher" / "checkpoints"
     folder.mkdir(parents=True)

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from datasets import build_source, generate_synthetic
 from datasets.decode import read_label_png
 from datasets.transforms import normalize_images
-from engine.config import Config
+from core.config import Config
 from engine.data import collate_by_size
-from engine.distributed import DistContext
-from engine.evaluate import evaluate
+from core.distributed import DistContext
+from engine.evaluation import evaluate
 from engine.inference import predict_probs
-from engine.pseudo import pseudo_label_file, pseudo_label_pass
+from al.pseudo import pseudo_label_file, pseudo_label_pass
 from query.pool import RegionGrid
 
 C = 5

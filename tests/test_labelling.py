@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.annotate import AnnotationError, Task, read_annotations, write_task
+from al.annotate import AnnotationError, Task, read_annotations, write_task
 
 brush = pytest.importorskip("label_studio_sdk.converter.brush", reason="pip install -r requirements-labelling.txt")
 
@@ -233,6 +233,6 @@ def test_a_real_label_studio_server_round_trip(task_dir, tmp_path):
 
 
 def test_labels_for_an_image_the_task_does_not_list_are_refused(task_dir):
-    from engine.annotate import store_labels
+    from al.annotate import store_labels
     with pytest.raises(AnnotationError, match="'zz', which it does not list"):
         store_labels(task_dir, {"zz": np.zeros((H, W), np.uint8)})

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch.multiprocessing as mp
 
-from engine import distributed
+from core import distributed
 from tests.pipeline_helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, pool_cells,
                                     query_alone_from, write_config)
 

@@ -165,11 +165,11 @@ def test_training_learns_something(al_run, tmp_path):
     """A short supervised run on the tiny set ends clearly above the untrained model's mIoU."""
     import torch
 
-    from engine.config import load_config
+    from core.config import load_config
     from engine.data import source
-    from engine.distributed import DistContext
-    from engine.evaluate import evaluate
-    from engine.optim import make_model
+    from core.distributed import DistContext
+    from engine.evaluation import evaluate
+    from models.build import make_model
     cfg_file = write_config(tmp_path, "learn", tmp_path / "run", al_run["data"])
     overrides = ["stages.student=null", "stages.query1=null", "stages.teacher.epochs=12",
                  "stages.teacher.batch_labeled=4", "stages.teacher.reco=false", "optim.lr=0.05",
@@ -179,7 +179,7 @@ def test_training_learns_something(al_run, tmp_path):
     cfg = load_config(str(cfg_file), overrides)
     src = source(cfg, "val")
     torch.manual_seed(0)
-    untrained = evaluate(make_model(cfg, src.num_classes, rep_head=False, noise=False, pretrained="none"),
+    untrained = evaluate(make_model(cfg.model, src.num_classes, rep_head=False, noise=False, pretrained="none"),
                          src, cfg, DistContext(), amp="none")["miou"]
     trained = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"][0]["miou"]
     assert trained > untrained + 5.0, (untrained, trained)
@@ -190,7 +190,7 @@ def test_init_from_compares_with_the_source_runs_saved_config(al_run, tmp_path):
     X's config, found them equal and reused X's ground-truth query1 in a run recorded as human.
     The saved config.yaml of X says oracle ground_truth: query1 must be computed here (and wait
     for a person), the teacher and student (which no query setting touches) reused."""
-    from engine.run import EXIT_AWAITING_LABELS
+    from core.cli import EXIT_AWAITING_LABELS
     args = (f"init_from={al_run['config']}", "query.oracle=human", f"output_dir={tmp_path / 'h'}")
     dry = run_script("train_al.py", al_run["config"], *args, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-2000:]

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from engine import precision
+from core import precision
 
 CUDA = torch.device("cuda", 0)  # only its .type is read when capability and name are given
 CPU = torch.device("cpu")

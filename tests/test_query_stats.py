@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from datasets import SegmentationView, ViewItem, build_source
-from engine.distributed import DistContext
-from engine.oracle import class_pixels, view_items
-from engine.pseudo import pseudo_label_file
+from core.distributed import DistContext
+from al.oracle import class_pixels, view_items
+from al.pseudo import pseudo_label_file
 from query.pool import LabelPool, RegionGrid
 
 T, F = True, False
@@ -135,7 +135,7 @@ def test_a_bad_class_pixel_count_names_the_file_and_key(tmp_path):
 def test_selected_regions_do_not_depend_on_the_labels_of_unlabeled_images(al_run, tmp_path):
     """The same student and scores, but every unlabeled image's label is void: the query must
     pick exactly the same regions (a query step has no labels of unlabeled images)."""
-    from engine.config import load_config, save_config
+    from core.config import load_config, save_config
     from tests.pipeline_helpers import run_script, write_config
     data = tmp_path / "data"
     shutil.copytree(al_run["data"], data)

@@ -109,7 +109,7 @@ def test_two_gloo_ranks_end_every_stage_with_identical_weights(ddp_run):
 
 
 def test_a_rank_whose_weights_drifted_stops_the_run(al_run, tmp_path):
-    # A 2-rank teacher with one weight of rank 1 nudged (engine/faults.py) before the ranks compare.
+    # A 2-rank teacher with one weight of rank 1 nudged (core/faults.py) before the ranks compare.
     cfg = write_config(tmp_path, "ddp", tmp_path / "run", al_run["data"], stages=DDP_STAGES)
     result = run_script("train_al.py", cfg, "stages.query1=null", "stages.teacher.epochs=1", nproc=2,
                         env={"S4AL_PERTURB_RANK": "1"})
@@ -122,14 +122,14 @@ def test_one_process_selects_the_same_cells_from_the_same_teacher(ddp_run, tmp_p
     ours, _ = query_alone_from(ddp_run, tmp_path)
     assert (pool_cells(ours / "pool.npz") != pool_cells(tmp_path / "one" / "00_teacher" / "pool.npz")).any()
     # ... and evaluates the teacher to the mIoU the two ranks recorded together.
-    from engine.config import load_config
+    from core.config import load_config
     from engine.data import source
-    from engine.distributed import DistContext
-    from engine.evaluate import evaluate
-    from engine.optim import make_model
+    from core.distributed import DistContext
+    from engine.evaluation import evaluate
+    from models.build import make_model
     cfg = load_config(str(ddp_run["config"]))
     src = source(cfg, "val")
-    model = make_model(cfg, src.num_classes, rep_head=True, noise=False, pretrained="none")
+    model = make_model(cfg.model, src.num_classes, rep_head=True, noise=False, pretrained="none")
     model.load_state_dict(torch.load(ddp_run["run"] / "00_teacher" / "weights.pth", weights_only=True)["model"])
     single = evaluate(model, src, cfg, DistContext(), amp="none")
     assert single["miou"] == pytest.approx(_stages(ddp_run["run"])[0]["miou"], abs=1e-9)

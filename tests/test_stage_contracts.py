@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from datasets.decode import read_label_png
-from engine.config import load_config
+from core.config import load_config
 from engine.data import source
-from engine.optim import make_model
+from models.build import make_model
 from query.pool import LabelPool
 from tests.pipeline_helpers import noise_free_model, run_script, softmax_of_image, stage_weights, write_config
 
 pytestmark = pytest.mark.slow
 
-DEFAULT_THRESHOLD = 0.7  # engine/config.py's default; the tiny config sets another one
+DEFAULT_THRESHOLD = 0.7  # core/config.py's default; the tiny config sets another one
 
 
 # --------------------------------------------------------------------------- pseudo labels
@@ -118,7 +118,7 @@ def frozen_run(al_run, tmp_path_factory):
 
 def _parameters(state: dict, cfg, num_classes: int) -> dict:
     """The trainable tensors of a state dict (not BatchNorm's running statistics)."""
-    names = {n for n, _ in make_model(cfg, num_classes, rep_head=True, noise=False,
+    names = {n for n, _ in make_model(cfg.model, num_classes, rep_head=True, noise=False,
                                       pretrained="none").named_parameters()}
     return {k: v for k, v in state.items() if k in names}
 
@@ -141,9 +141,9 @@ def test_pretrained_init_starts_from_the_weights_file(frozen_run):
 def test_scratch_init_is_a_fresh_model_from_the_stage_seed(frozen_run):
     r = frozen_run
     cfg = r["cfg"]
-    # engine/pipeline.py seeds every stage with seed * 100 + index before building its model.
+    # al/experiment.py seeds every stage with seed * 100 + index before building its model.
     torch.manual_seed(cfg.seed * 100 + 1)
-    fresh = make_model(cfg, r["num_classes"], rep_head=True, noise=True, pretrained="none").state_dict()
+    fresh = make_model(cfg.model, r["num_classes"], rep_head=True, noise=True, pretrained="none").state_dict()
     student = stage_weights(r["run"], "01_student")
     _assert_equal(_parameters(student, cfg, r["num_classes"]), _parameters(fresh, cfg, r["num_classes"]),
                   "01_student (init scratch) vs a fresh model")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.config import load_config
-from engine.pipeline import Experiment
+from core.config import load_config
+from al.experiment import Experiment
 from query.pool import LabelPool, RegionGrid
 from tests.pipeline_helpers import REPO
 

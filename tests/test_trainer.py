@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from datasets import WeakAug, build_source, full_view, generate_synthetic, normalize_images
-from engine.config import load_config
-from engine.distributed import DistContext
-from engine.logger import RunLogger
-from engine.optim import make_model, make_optimizer, poly_lr, set_poly_lr
-from engine.stages import fresh_model
+from core.config import load_config
+from core.distributed import DistContext
+from core.logger import RunLogger
+from models.build import make_model
+from engine.optim import make_optimizer, poly_lr, set_poly_lr
+from al.train_stage import fresh_model
 from engine import trainer
 from losses.reco import reco_loss
 from tests.pipeline_helpers import write_config
@@ -52,7 +53,7 @@ def _model(cfg, seed=0, **kw):
     torch.manual_seed(seed)
     kw.setdefault("rep_head", True)
     kw.setdefault("noise", False)
-    return make_model(cfg, NUM_CLASSES, pretrained="none", **kw).eval()  # eval: deterministic forward
+    return make_model(cfg.model, NUM_CLASSES, pretrained="none", **kw).eval()  # eval: deterministic forward
 
 
 def _coarse_logits(model, images):
@@ -177,7 +178,7 @@ def _rank_worker(rank, world, init_file, data, cfg_path, out):
     ctx = DistContext(rank=rank, world_size=world)
     cfg = load_config(str(cfg_path), ["data.crop_size=[32,48]", "model.dropout=0.5"])
     torch.manual_seed(123)  # the pipeline seeds every rank alike before building a stage's model
-    model = make_model(cfg, NUM_CLASSES, rep_head=True, noise=True, pretrained="none")
+    model = make_model(cfg.model, NUM_CLASSES, rep_head=True, noise=True, pretrained="none")
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     masks = []
     model.classifier[0].register_forward_hook(lambda m, inp, o: masks.append(((inp[0] != 0), (o == 0))))

@@ -226,7 +226,7 @@ def test_bad_arguments():
 def test_the_strong_set_is_the_papers_grayscale_only_when_asked():
     # Blur, colour jitter and CutOut (Sec. 4.1); random grayscale is off by default and in every
     # paper config. With jitter, blur and cutout off, the default never greys a colour image.
-    from engine.config import load_config
+    from core.config import load_config
     from engine.data import strong_aug
     from experiments.reproduce import TABLE_CONFIGS
     for name in sorted({n for names in TABLE_CONFIGS.values() for n in names}):

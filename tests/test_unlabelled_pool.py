@@ -75,7 +75,7 @@ output_dir: {out}
 
 @pytest.mark.slow
 def test_a_campaign_on_photos_with_two_labelled_starts_and_asks_for_the_rest(tmp_path):
-    from engine.run import EXIT_AWAITING_LABELS
+    from core.cli import EXIT_AWAITING_LABELS
     root = tmp_path / "photos"
     make_photos(root)
     cfg = tmp_path / "photos.yaml"

@@ -2,7 +2,7 @@
 
 `query.oracle: ground_truth` (the paper's simulation): revealed cells take the dataset's labels.
 `query.oracle: human`: once a query stage has selected its regions it writes an annotation task
-(`annotate/`, see engine/annotate.py) and the run stops with exit code 0; the same command run
+(`annotate/`, see al/annotate.py) and the run stops with exit code 0; the same command run
 again checks every label file the annotator wrote (a bad one: one `error:` line, exit code 2,
 nothing changed), stores them in the stage folder (`human_labels/`) and the stage goes on. From
 then on, every training view reads those cells from the newest human-label PNG of the image.
@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from datasets import SegmentationView, ViewItem
-from datasets.classes import IGNORE_INDEX
+from core.labels import IGNORE_INDEX
 from datasets.source import read_label_png
-from engine import annotate
-from engine import distributed as dist_utils
-from engine.pseudo import pseudo_label_file
-from engine.run import RunInputError
+from al import annotate
+from core import distributed as dist_utils
+from al.pseudo import pseudo_label_file
+from core.errors import RunInputError
 from query.pool import LabelPool
 from query.visualize import annotation_preview
 

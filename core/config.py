@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from engine.config_limits import check_ranges
+from core.config_limits import check_ranges
+from core.labels import check_classes, check_palette, folder_lut
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -518,9 +519,6 @@ def _check_consistency(cfg: dict, origins: dict) -> None:
 def _check_folder_data(data: dict, fail) -> None:
     """The folder dataset's class settings (the same checks its loader makes, reported with the
     file they came from); the fixed datasets refuse them rather than ignore them."""
-    from datasets.classes import check_palette
-    from datasets.folder import check_classes, folder_lut
-
     if data["dataset"] != "folder":
         for key in ("classes", "label_map", "palette"):
             if data[key] is not None:
@@ -540,7 +538,7 @@ def _check_folder_data(data: dict, fail) -> None:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    from engine.io import atomic_write_text
+    from core.io import atomic_write_text
     atomic_write_text(path, dump_config(cfg))
 
 

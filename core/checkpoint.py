@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.io import atomic_write_bytes, atomic_write_text
-from engine.run import RunInputError
+from core.io import atomic_write_bytes, atomic_write_text
+from core.errors import RunInputError
 
 _STEP_FILE = re.compile(r"step_(\d+)\.pth$")
 

@@ -22,7 +22,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from engine.annotate import AnnotationError, read_manifest, resolve, store_labels
+from al.annotate import AnnotationError, read_manifest, resolve, store_labels
 
 IMAGE, LABEL, REGIONS = "image", "label", "regions"  # tag names of the labelling config
 REGION_LABEL = "query region"
@@ -54,7 +54,7 @@ def labelling_config(classes: list[str], palette: list | None) -> str:
 def export_tasks(manifest_path: Path, image_url) -> list[dict]:
     """Label Studio tasks of a manifest; `image_url(path)` gives the URL Label Studio loads an
     image from (e.g. its local-files route)."""
-    from engine.annotate import read_mask  # the regions/prediction PNGs we wrote ourselves
+    from al.annotate import read_mask  # the regions/prediction PNGs we wrote ourselves
     brush = _brush()
     manifest = read_manifest(manifest_path)
     stage, classes = manifest["stage"], manifest["classes"]
@@ -87,7 +87,7 @@ def export_tasks(manifest_path: Path, image_url) -> list[dict]:
 
 def write_export(manifest_path: Path, image_url) -> tuple[Path, Path]:
     """Write labelstudio_tasks.json and labelstudio_config.xml beside the manifest."""
-    from engine.io import atomic_write_text
+    from core.io import atomic_write_text
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
     tasks = export_tasks(manifest_path, image_url)

@@ -11,7 +11,7 @@ becomes void = 255); a colour the label map does not list is an error naming the
 folder (`import_masks`) holds one PNG of class ids per image (8-bit grey, palette as VOC and CVAT
 write them, or 1-bit: the indices are read, never the colours). Either way a file is matched to
 its item by the image's file name (stem), and labels drawn at another size are resized (nearest)
-to the working size (engine/annotate.py store_labels).
+to the working size (al/annotate.py store_labels).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.decode import ImageReadError, read_label_png, read_rgb
-from engine.annotate import AnnotationError, read_manifest, store_labels
+from al.annotate import AnnotationError, read_manifest, store_labels
 
 BACKGROUND = "background"
 

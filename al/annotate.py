@@ -1,6 +1,6 @@
 """Files exchanged with a human annotator (`query.oracle: human`): the task a query stage writes,
 and the checked import of the labels the annotator wrote back. Pure file logic (no ranks):
-engine/oracle.py decides when to call what.
+al/oracle.py decides when to call what.
 
 The task folder (`<run>/<NN_stage>/annotate/`):
 
@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from datasets.decode import ImageReadError, read_label_png
-from engine.io import atomic_write_index_png, atomic_write_npz, atomic_write_png, atomic_write_text, flat_name
+from core.io import atomic_write_index_png, atomic_write_npz, atomic_write_png, atomic_write_text, flat_name
 
 MANIFEST = "manifest.json"
 SELECTION = "selection.npz"
 IMPORTED = "imported.json"  # in human_labels/: the ids an import took
-IGNORE_INDEX = 255
+from core.labels import IGNORE_INDEX
 ITEM_KEYS = ("id", "image", "regions", "label")
 
 

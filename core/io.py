@@ -21,7 +21,7 @@ class WriteFailed(OSError):
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success fsync it and move it over `path`."""
-    from engine import faults
+    from core import faults
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -111,3 +111,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
         tmp.unlink()
         count += 1
     return count
+
+
+def printable(path) -> str:
+    """A path as text that can always be printed: bytes that are not UTF-8 (kept by Python as
+    surrogate escapes) are shown as \\xNN instead of making print() raise."""
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -12,17 +12,21 @@ import torch
 
 from datasets import SegmentationView
 from engine import data as data_utils
-from engine import distributed as dist_utils
-from engine import faults, guard, oracle
-from engine.config import ConfigError, dump_config
-from engine.precision import configure_backends, resolve_amp
-from engine.io import atomic_write_npz, atomic_write_png, flat_name
-from engine.logger import RunLogger
-from engine.optim import make_model
-from engine.pseudo import pseudo_label_pass
-from engine.run import RunDirectory, check_output_dir, provenance, describe_device, read_stage_record, with_query_stats
-from engine.stages import (copy_finished_stage, fresh_model, load_scan, load_weights, reusable_stages,
-                           save_scan, scan_source, train_and_evaluate, transfer_weights)
+from core import distributed as dist_utils
+from core import faults
+from al import guard, oracle
+from core.config import ConfigError, dump_config
+from core.precision import configure_backends, resolve_amp
+from core.io import atomic_write_npz, atomic_write_png, flat_name
+from core.logger import RunLogger
+from models.build import make_model
+from al.pseudo import pseudo_label_pass
+from core.cli import provenance
+from al.rundir import RunDirectory, check_output_dir, describe_device, read_stage_record, with_query_stats
+from al.reuse import copy_finished_stage, reusable_stages
+from al.train_stage import fresh_model, train_and_evaluate
+from engine.scan import load_scan, save_scan, scan_source
+from models.build import load_weights, transfer_weights
 from models.availability import check_pretrained, pretrained_status
 from query import scoring
 from query.pool import LabelPool, RegionGrid
@@ -126,7 +130,7 @@ class Experiment:
     # ------------------------------------------------------------------ dry run
     def describe(self) -> str:
         cfg = self.cfg
-        model = make_model(cfg, self._num_classes(), rep_head=True, noise=False, pretrained="none")
+        model = make_model(cfg.model, self._num_classes(), rep_head=True, noise=False, pretrained="none")
         params = sum(p.numel() for p in model.parameters())
         lines = [f"config: {cfg.name}", f"output_dir: {cfg.output_dir}",
                  f"device: {self.ctx.device}, world size {self.ctx.world_size}"
@@ -268,7 +272,7 @@ class Experiment:
             except guard.DAMAGED as err:  # a cache of the pass below: computed again
                 self.logger.log(f"warning: {done} is damaged ({type(err).__name__}); pseudo-labelling again")
         started = time.time()
-        teacher = make_model(self.cfg, self.pool_src.num_classes, rep_head=False, noise=False, pretrained="none")
+        teacher = make_model(self.cfg.model, self.pool_src.num_classes, rep_head=False, noise=False, pretrained="none")
         transfer_weights(teacher, teacher_state)  # the teacher predicts only: no representation head
         teacher.to(self.ctx.device)
         if self.cfg.runtime.channels_last:
@@ -411,7 +415,7 @@ class Experiment:
         if not self.ctx.is_main:
             return
         from engine.figures import labelled_curve
-        from engine.io import read_json
+        from core.io import read_json
         series = {self.cfg.name: [(r["labeled_pixel_pct"], r["miou"]) for r in self.records]}
         twin = Path(str(self.cfg.output_dir).rstrip("/") + "_random") / "summary.json"
         if twin.is_file():
@@ -446,7 +450,7 @@ def open_experiment(args, cfg, ctx) -> Experiment | None:
     """Check everything that can be checked before a run directory exists (config, data, weights,
     init_from, output dir), then create it. Bad input: one `error:` line and exit code 2.
     Returns None after a --dry-run, which only prints what the run would do."""
-    from engine.run import fail
+    from core.cli import fail
     try:
         exp = Experiment(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides,
                          partial_import=getattr(args, "import_partial", False))

@@ -21,12 +21,12 @@ from typing import Callable, TypeVar
 
 import yaml
 
-from engine import distributed as dist_utils
-from engine.config import CONFIG_DIR, PROJECT_ROOT, ConfigError
-from engine.run import RunInputError
+from core import distributed as dist_utils
+from core.config import CONFIG_DIR, PROJECT_ROOT, ConfigError
+from core.errors import RunInputError
 
 LOCK = ".lock"
-# Every name a run writes at its top level (engine/run.py's layout), and the temporaries of
+# Every name a run writes at its top level (al/rundir.py's layout), and the temporaries of
 # its atomic writers; a folder holding anything else is not a run, and --overwrite refuses it.
 _RUN_NAMES = {"config.yaml", "log.txt", "summary.json", "data_check.npz", "tensorboard", LOCK}
 _RUN_PATTERN = re.compile(r"^(\d\d_.+|\..+\.tmp-.+|\..+\.partial|\d\d_.+\.copying)$")

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from datasets import full_view
-from engine import distributed as dist_utils
-from engine import faults
+from core import distributed as dist_utils
+from core import faults
 from engine.data import eval_transform, ordered_loader
 from engine.inference import config_settings, predict_loader
-from engine.io import atomic_write_index_png, flat_name
+from core.io import atomic_write_index_png, flat_name
 from query.scoring import pixel_entropy, region_scores
 
-IGNORE = 255
+from core.labels import IGNORE_INDEX
 
 
 def pseudo_label_file(folder: Path, image_id: str) -> Path:
@@ -31,7 +31,7 @@ def pseudo_label_file(folder: Path, image_id: str) -> Path:
 def pseudo_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
     """(N, C, H, W) probabilities -> (N, H, W) uint8 labels, 255 where confidence < threshold."""
     conf, pred = prob.max(dim=1)
-    return torch.where(conf >= threshold, pred, torch.full_like(pred, IGNORE)).to(torch.uint8)
+    return torch.where(conf >= threshold, pred, torch.full_like(pred, IGNORE_INDEX)).to(torch.uint8)
 
 
 @torch.inference_mode()

@@ -8,16 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.classes import PALETTE
 
-
-def colorize(label: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
-    """(H, W) class ids (255 = ignore, drawn black) -> (H, W, 3) uint8 in `palette` colours
-    ((K, 3) uint8; ids past its end wrap around)."""
-    out = np.zeros(label.shape + (3,), dtype=np.uint8)
-    valid = label != 255
-    out[valid] = palette[label[valid] % len(palette)]
-    return out
 
 
 class RunLogger:

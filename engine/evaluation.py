@@ -4,16 +4,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine import distributed as dist_utils
+from core import distributed as dist_utils
 from engine.data import eval_transform, ordered_loader
 from engine.inference import config_settings, predict_loader
 
-IGNORE = 255
+from core.labels import IGNORE_INDEX
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(C, C) int64 counts, rows = ground truth, columns = prediction; ignore pixels skipped."""
-    valid = label != IGNORE
+    valid = label != IGNORE_INDEX
     index = label[valid].long() * num_classes + pred[valid].long()
     return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 

@@ -1,4 +1,4 @@
-"""The run directory and the command line both scripts share.
+"""The run directory: its layout, the config it was made with, and the records of its stages.
 
 runs/<config name>/
     config.yaml            resolved config (a different config here is refused without --overwrite)
@@ -9,18 +9,14 @@ runs/<config name>/
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
-import sys
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
-from engine import distributed as dist_utils
-from engine.config import ConfigError, load_config, save_config
-from engine.io import atomic_write_json, read_json, remove_stale_temporaries
+from core import distributed as dist_utils
+from core.config import ConfigError, save_config
+from core.io import atomic_write_json, read_json, remove_stale_temporaries
 
 # Keys that change how a run is executed, not what it computes: resuming with other values is fine.
 _EXECUTION_ONLY = {("data", "workers"), ("runtime", "log_every"), ("runtime", "checkpoint_every"),
@@ -28,57 +24,9 @@ _EXECUTION_ONLY = {("data", "workers"), ("runtime", "log_every"), ("runtime", "c
                    ("runtime", "dist_timeout_minutes"), ("data", "cache_dir"), ("eval", "window_batch")}
 
 
-# Exit statuses of the scripts: 0 done, 2 bad input (one `error:` line), and this one when a query
-# stage waits for a person's labels (query.oracle=human; summary.json state "waiting_for_labels").
-EXIT_AWAITING_LABELS = 3
-
-
-class RunInputError(ValueError):
-    """Bad input discovered after the run started (an unsafe checkpoint, a bad annotation file, ...):
-    the scripts report it as one `error:` line, like bad input found before the start."""
-
-
-def parse_args(description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True,
-                        help="config name under configs/ (e.g. table1/camvid/row5) or a YAML path")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="resolve config, index data, build the model, print a summary, exit")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete an existing run directory made with a different config")
-    parser.add_argument("--import-partial", action="store_true",
-                        help="query.oracle=human: import the label files written so far; the other "
-                             "queried images stay unlabelled (a later query may ask for them again)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
-    return parser.parse_intermixed_args()  # options and key=value overrides in any order
-
-
-def provenance() -> str:
-    """The first lines a run writes to log.txt: its command line, package versions, git commit."""
-    import platform
-    import subprocess
-    import numpy
-    import torch
-    import torchvision
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "unknown (not a git checkout)"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown (git not available)"
-    import shlex
-    return (f"command: {shlex.join([sys.executable] + sys.argv)}\n"
-            f"versions: python {platform.python_version()}, torch {torch.__version__}, torchvision "
-            f"{torchvision.__version__}, numpy {numpy.__version__}\n"
-            f"git commit: {commit}")
-
-
 def interrupted_message(run_root: Path) -> str:
     """One line for Ctrl-C: which checkpoint the same command resumes from."""
-    from engine.checkpoint import step_checkpoints
+    from core.checkpoint import step_checkpoints
     newest = None
     for folder in sorted(Path(run_root).glob("[0-9][0-9]_*/checkpoints")):
         found = step_checkpoints(folder)
@@ -89,44 +37,6 @@ def interrupted_message(run_root: Path) -> str:
                 f"(no step checkpoint of the stage in progress yet)")
     stage, step, path = newest
     return f"interrupted: run the same command again to resume {stage} from {path} (step {step})"
-
-
-def load_config_or_exit(args):
-    try:
-        return load_config(args.config, args.overrides)
-    except ConfigError as err:
-        fail(f"config error: {err}")
-
-
-def fail(message: str) -> None:
-    """One clear line on stderr and a non-zero exit (used for bad input before any work).
-    Under torchrun every rank exits, and rank 0 alone prints: the line appears once."""
-    from datasets.decode import printable  # a file name that is not UTF-8 must not make print() raise
-    if "tqdm" in sys.modules:  # a progress bar cut short: end its line, so the error has its own
-        for bar in list(getattr(sys.modules["tqdm"].tqdm, "_instances", ())):
-            bar.close()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"error: {printable(' '.join(str(message).split()))}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-@contextlib.contextmanager
-def exit_on_input_error() -> Iterator[None]:
-    """Around a script's stage loop: bad input found mid-run (RunInputError, an unreadable image,
-    a write that failed, a non-finite loss) becomes `fail(message)` (one `error:` line, exit code
-    2) instead of a traceback. Any other exception is a bug and keeps its traceback."""
-    from datasets.decode import ImageReadError
-    from engine.io import WriteFailed
-    from engine.trainer import NonFiniteLoss
-    try:
-        yield
-    except (RunInputError, ImageReadError, FileNotFoundError, WriteFailed, NonFiniteLoss) as err:
-        # Bad input met mid-run: a file damaged or gone since the scan (raised in a loader
-        # worker, it arrives with the worker's traceback in its text: its last line is the
-        # message), a full disk, a loss that left the finite numbers.
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        message = lines[-1] if lines else type(err).__name__
-        fail(message.split(": ", 1)[1] if message.startswith(("datasets.", "FileNotFoundError:")) else message)
 
 
 def comparable_config(cfg_dict: dict) -> dict:
@@ -167,7 +77,7 @@ def _read_saved_config(path: Path) -> dict:
 
 def check_output_dir(cfg, overwrite: bool) -> None:
     """Refuse (before anything is written) a directory of another run or one we cannot write."""
-    from engine import guard
+    from al import guard
     root = Path(cfg.output_dir)
     saved = root / "config.yaml"
     if overwrite:
@@ -199,7 +109,7 @@ class RunDirectory:
     def __init__(self, cfg, ctx, overwrite: bool):
         self.root = Path(cfg.output_dir)
         self.ctx = ctx
-        from engine import guard
+        from al import guard
         moved = None
         if ctx.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
