@@ -19,7 +19,7 @@ from core.io import atomic_write_json
 from engine.evaluation import evaluate
 from engine.figures import prediction_figure
 from engine.inference import predict_probs
-from engine.trainer import train_phase
+from engine.trainer import Trainer
 from models.build import make_model, transfer_weights
 
 def fresh_model(cfg, stage, num_classes: int, teacher_state: dict | None):
@@ -46,10 +46,9 @@ def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name:
     def eval_fn(m):
         return evaluate(m, eval_src, cfg, ctx, amp=amp, desc=f"{name} eval")
 
-    train_info = train_phase(model, stage=stage, stage_name=name, cfg=cfg, ctx=ctx, amp=amp,
-                             labeled_view=labeled_view, unlabeled_view=unlabeled_view,
-                             stage_dir=stage_dir, logger=logger, seed=cfg.seed * 100 + index,
-                             evaluate_fn=eval_fn)
+    trainer = Trainer(model, stage=stage, stage_name=name, cfg=cfg, ctx=ctx, amp=amp, stage_dir=stage_dir,
+                      logger=logger, seed=cfg.seed * 100 + index)
+    train_info = trainer.fit(labeled_view, unlabeled_view, evaluate_fn=eval_fn)
     faults.perturb_rank(model, ctx.rank)  # test hook (S4AL_PERTURB_RANK); no-op otherwise
     rank_digests = check_ranks_agree(model, ctx, name)
     if ctx.is_main:

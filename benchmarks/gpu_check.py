@@ -153,8 +153,9 @@ def fits_16gb(peak_reserved_mib: float, context_mib: float) -> bool:
 
 def part_host_syncs(args, device, deadline: float) -> dict:
     from core.logger import RunLogger
+    from al.checks import RunPlan
     from al.experiment import Experiment
-    from engine.trainer import train_phase
+    from engine.trainer import Trainer
 
     steps, log_every = (7, 3) if args.smoke else (40, 10)
     result = {"control_reads_per_step": host_syncs.control_reads_per_step(device)}
@@ -170,16 +171,15 @@ def part_host_syncs(args, device, deadline: float) -> dict:
                                    f"stages.teacher.iters_per_epoch={steps}", f"runtime.log_every={log_every}",
                                    "runtime.checkpoint_every=null", "runtime.checkpoint_minutes=1000"])
         ctx = DistContext(device=device)
-        exp = Experiment(cfg, ctx, dry_run=False, overwrite=True)
+        exp = Experiment(RunPlan(cfg, ctx, dry_run=False, overwrite=True))
         labeled_view, _ = exp.views(exp.initial_pool(), None, {})
         stage = cfg.stages["teacher"]
         model = make_model(cfg.model, exp.pool_src.num_classes, rep_head=stage.reco, noise=stage.noise, pretrained="none")
         out.mkdir(parents=True, exist_ok=True)
         logger = RunLogger(out, enabled=True)
         with torch.profiler.profile(activities=host_syncs.profiler_activities(device)) as prof:
-            train_phase(model, stage=stage, stage_name="teacher", cfg=cfg, ctx=ctx, amp=mode,
-                        labeled_view=labeled_view, unlabeled_view=None, stage_dir=out / "stage", logger=logger,
-                        seed=0)
+            Trainer(model, stage=stage, stage_name="teacher", cfg=cfg, ctx=ctx, amp=mode, stage_dir=out / "stage",
+                    logger=logger, seed=0).fit(labeled_view, None)
         logger.close()
         result[mode] = host_syncs.summarize(host_syncs.syncs_per_step(host_syncs.trace_events(prof)), log_every)
     spent = any(str(result[m]).endswith("time share spent") for m in ("bf16", "fp16"))

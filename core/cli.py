@@ -74,6 +74,18 @@ def fail(message: str) -> None:
 
 
 @contextlib.contextmanager
+def exit_on_setup_error() -> Iterator[None]:
+    """Around a run's checks and start: a bad config, data set, weights file or output folder
+    (ValueError, OSError) becomes `fail(message)`: one `error:` line, exit code 2, before any
+    stage runs. Mid-run errors are `exit_on_input_error`'s: there only bad-input kinds are
+    turned into a line, and everything else is a bug that keeps its traceback."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        fail(str(err))
+
+
+@contextlib.contextmanager
 def exit_on_input_error() -> Iterator[None]:
     """Around a script's stage loop: bad input found mid-run (an InputError such as an unreadable image,
     a write that failed, a non-finite loss) becomes `fail(message)` (one `error:` line, exit code

@@ -49,7 +49,7 @@ def fake_roots(tmp_path_factory):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_passes_dry_run(name, fake_roots, tmp_path):
-    from al.experiment import Experiment
+    from al.checks import RunPlan
     cfg = load_config(name)
     overrides = [f"output_dir={tmp_path / 'run'}"]
     if cfg.data.dataset != "synthetic":
@@ -59,8 +59,8 @@ def test_config_passes_dry_run(name, fake_roots, tmp_path):
     if cfg.data.dataset == "synthetic":
         overrides.append(f"data.root={tmp_path / 'synthetic'}")
     cfg = load_config(name, overrides)
-    exp = Experiment(cfg, DistContext(), dry_run=True, overwrite=False, overrides=overrides)
-    text = exp.describe()
+    plan = RunPlan(cfg, DistContext(), dry_run=True, overwrite=False, overrides=overrides)
+    text = plan.describe()
     assert f"config: {name}" in text and "parameters" in text
     assert text.count("\nstage ") == len(cfg.stages)
     assert not (tmp_path / "run").exists()  # a dry run writes nothing

@@ -21,6 +21,7 @@ from models.build import make_model
 from engine.optim import make_optimizer, poly_lr, set_poly_lr
 from al.train_stage import fresh_model
 from engine import trainer
+from losses import objective
 from losses.reco import reco_loss
 from tests.pipeline_helpers import write_config
 
@@ -99,7 +100,7 @@ def test_reco_hard_queries_use_softmax_of_stride4_logits(tiny, monkeypatch):
         seen["prob"], seen["rep"] = prob, rep
         return rep.sum() * 0
 
-    monkeypatch.setattr(trainer, "reco_loss", spy)
+    monkeypatch.setattr(objective, "reco_loss", spy)
     trainer.step_loss(model, images, labels, 2, reco=True, loss_cfg=cfg.loss, amp="none", generator=None)
     with torch.no_grad():
         expected = _coarse_logits(model, images).softmax(1)
@@ -132,9 +133,8 @@ def _run_phase(tiny, cfg, model, stage_name="teacher", steps=1, tag="run"):
     stage["epochs"], stage["iters_per_epoch"] = 1, steps
     stage["batch_labeled"], stage["batch_unlabeled"] = 2, 0  # labeled batches only, >= 2 for BatchNorm
     stage_dir = tiny["base"] / tag
-    return trainer.train_phase(model, stage=stage, stage_name=stage_name, cfg=cfg, ctx=DistContext(), amp="none",
-                               labeled_view=view, unlabeled_view=None, stage_dir=stage_dir,
-                               logger=RunLogger(stage_dir, enabled=False), seed=3)
+    return trainer.Trainer(model, stage=stage, stage_name=stage_name, cfg=cfg, ctx=DistContext(), amp="none",
+                           stage_dir=stage_dir, logger=RunLogger(stage_dir, enabled=False), seed=3).fit(view, None)
 
 
 def test_grad_clip_bounds_the_first_update(tiny):
@@ -188,9 +188,8 @@ def _rank_worker(rank, world, init_file, data, cfg_path, out):
     stage["epochs"], stage["iters_per_epoch"], stage["batch_unlabeled"] = 1, 2, 0
     stage["batch_labeled"] = 2
     stage_dir = Path(out) / "stage"
-    trainer.train_phase(model, stage=stage, stage_name="student", cfg=cfg, ctx=ctx, amp="none",
-                        labeled_view=view, unlabeled_view=None, stage_dir=stage_dir,
-                        logger=RunLogger(stage_dir, enabled=False), seed=3)
+    trainer.Trainer(model, stage=stage, stage_name="student", cfg=cfg, ctx=ctx, amp="none", stage_dir=stage_dir,
+                    logger=RunLogger(stage_dir, enabled=False), seed=3).fit(view, None)
     torch.save({"initial": initial, "final": model.state_dict(), "masks": masks}, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
