@@ -46,10 +46,11 @@ def expand_cells(cells: np.ndarray, image_size: tuple[int, int],
 
 
 class SegmentationView(torch.utils.data.Dataset):
-    """view[i] -> {"image": float32 (3, h, w), "label": int64 (h, w), "id": str, "index": int}.
-
-    Sample i draws its augmentation from np.random.default_rng([epoch_seed, i]); the engine
-    calls `set_epoch_seed` so augmentations are the same in every worker and after a resume.
+    """view.sample(i, rng) -> {"image": uint8 (3, h, w), "label": uint8 (h, w), "id": str, "index": int},
+    the transform drawing its randomness from `rng`: the training streams (engine/data.py) pass
+    one per stream position, so augmentations are the same in every worker and after a resume.
+    view[i] is sample(i, default_rng([0, i])): the fixed passes (evaluation, pseudo labels), whose
+    transform draws nothing.
     """
 
     def __init__(self, source: SegmentationSource, items: Sequence[ViewItem], transform,
@@ -60,7 +61,6 @@ class SegmentationView(torch.utils.data.Dataset):
         if len(region_size) != 2 or min(region_size) <= 0:
             raise ValueError(f"region_size must be (rows, cols) > 0, got {region_size!r}")
         self.region_size = (int(region_size[0]), int(region_size[1]))
-        self.epoch_seed = 0
         # Pseudo and human labels are stored as train ids by the engine: 0..C-1 or 255.
         self._ids_lut = identity_lut(source.num_classes)
         for item in self.items:
@@ -78,11 +78,6 @@ class SegmentationView(torch.utils.data.Dataset):
             # "all" means the dataset's labels; a human-label PNG only covers revealed cells.
             raise ValueError(f"ViewItem.human_path needs a bool cell array in `revealed`, got "
                              f"{revealed!r} for image {self.source.ids[item.index]!r}")
-
-    def set_epoch_seed(self, seed: int) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"epoch seed must be a non-negative int, got {seed!r}")
-        self.epoch_seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -111,14 +106,16 @@ class SegmentationView(torch.utils.data.Dataset):
                              f"is {shape[0]}x{shape[1]}: {path}")
         return map_label(ids, self._ids_lut, os.fspath(path), self.source.num_classes)
 
-    def __getitem__(self, i: int) -> dict:
+    def sample(self, i: int, rng: np.random.Generator) -> dict:
         if not 0 <= i < len(self.items):
             raise IndexError(f"view index {i} out of range for {len(self.items)} items")
         img, target = self.load(i)
-        rng = np.random.default_rng([self.epoch_seed, i])
         image, label = self.transform(img, target, rng)
         index = self.items[i].index
         return {"image": image, "label": label, "id": self.source.ids[index], "index": index}
+
+    def __getitem__(self, i: int) -> dict:
+        return self.sample(i, np.random.default_rng([0, i]))
 
 
 def full_view(source: SegmentationSource, transform,

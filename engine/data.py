@@ -93,10 +93,7 @@ class StreamDataset(Dataset):
 
     def __getitem__(self, key):
         i, pos = key
-        img, target = self.view.load(i)
-        image, label = self.view.transform(img, target, np.random.default_rng([self.seed, 7, pos]))
-        index = self.view.items[i].index
-        return {"image": image, "label": label, "id": self.view.source.ids[index], "index": index}
+        return self.view.sample(i, np.random.default_rng([self.seed, 7, pos]))
 
 
 # OpenCV single-threaded in this process and so in every forked loader worker: workers then

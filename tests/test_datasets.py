@@ -10,6 +10,8 @@ import torch
 
 from datasets import (CAMVID_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_LABELS, EvalTransform,
                       SegmentationView, ViewItem, WeakAug, build_source, full_view)
+from core.distributed import DistContext
+from engine.data import StreamDataset, stream_loader
 
 REAL_CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 REPO_SPLITS = Path(__file__).resolve().parents[1] / "splits" / "cityscapes"
@@ -354,32 +356,34 @@ def test_view_sample_format_and_normalisation(tmp_path):
     assert torch.equal(sample["image"], torch.tensor(written["a"][0]).permute(2, 0, 1))
 
 
-def test_view_seeding_is_per_sample_and_reproducible(tmp_path):
+def test_stream_seeding_is_per_position_and_reproducible(tmp_path):
     make_camvid(tmp_path)
     src = build_source("camvid", tmp_path, "train")
     aug = WeakAug((16, 16), scale_range=(0.5, 1.5))
     # View positions differ from source indices, so the seeding rule can be told apart.
     view = SegmentationView(src, [ViewItem(2, "all"), ViewItem(0, "all"), ViewItem(1, "all")], aug)
-    view.set_epoch_seed(3)
-    first = [view[i]["image"] for i in range(3)]
-    again = [view[i]["image"] for i in (2, 0, 1)]              # order of access does not matter
+    stream = StreamDataset(view, seed=3)
+    first = [stream[(i, 10 + i)]["image"] for i in range(3)]
+    again = [stream[(i, 10 + i)]["image"] for i in (2, 0, 1)]  # order of access does not matter
     for a, b in zip(first, [again[1], again[2], again[0]]):
         assert torch.equal(a, b)
-    img, lab = src.read(0)             # documented rule: view position i uses rng([seed, i])
-    manual, _ = aug(img, lab, np.random.default_rng([3, 1]))
+    img, lab = src.read(0)     # documented rule: stream position pos uses rng([seed, 7, pos])
+    manual, _ = aug(img, lab, np.random.default_rng([3, 7, 11]))
     assert torch.equal(first[1], manual)
-    view.set_epoch_seed(4)
-    assert not torch.equal(view[1]["image"], first[1])
+    assert torch.equal(view.sample(1, np.random.default_rng([3, 7, 11]))["image"], manual)
+    assert not torch.equal(StreamDataset(view, seed=4)[(1, 11)]["image"], first[1])
+    assert not torch.equal(stream[(1, 12)]["image"], first[1])  # another position, another draw
 
 
 def test_dataloader_workers_match_single_process(tmp_path):
     make_camvid(tmp_path, names=tuple("abcdef"))
     view = full_view(build_source("camvid", tmp_path, "train"), WeakAug((16, 16)))
-    view.set_epoch_seed(11)
 
     def batches(workers):
-        loader = torch.utils.data.DataLoader(view, batch_size=2, num_workers=workers)
+        loader = stream_loader(view, 2, seed=11, start_step=0, end_step=3, ctx=DistContext(), workers=workers)
         return [(b["image"], b["label"], b["id"]) for b in loader]
 
-    for (i0, l0, n0), (i2, l2, n2) in zip(batches(0), batches(2)):
+    single, parallel = batches(0), batches(2)
+    assert len(single) == len(parallel) == 3
+    for (i0, l0, n0), (i2, l2, n2) in zip(single, parallel):
         assert torch.equal(i0, i2) and torch.equal(l0, l2) and n0 == n2
