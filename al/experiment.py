@@ -12,15 +12,15 @@ import torch
 
 from al import guard, oracle
 from al.checks import RunPlan
-from al.pseudo import pseudo_label_pass
+from al.pseudo import StalePass, load_pass, pseudo_label_pass, save_pass
 from al.reuse import copy_finished_stage
 from al.rundir import RunDirectory, describe_device, read_stage_record, with_query_stats
-from al.train_stage import fresh_model, train_and_evaluate
+from al.train_stage import RunContext, StageJob, fresh_model, train_and_evaluate
 from core import distributed as dist_utils
 from core import faults
 from core.cli import provenance
 from core.config import dump_config
-from core.io import atomic_write_npz, atomic_write_png, flat_name
+from core.io import atomic_write_png, flat_name
 from core.logger import RunLogger
 from datasets import SegmentationView
 from engine import data as data_utils
@@ -28,6 +28,7 @@ from engine.figures import query_figure
 from engine.scan import load_scan, save_scan, scan_source
 from models.build import load_weights, make_model, transfer_weights
 from query import scoring
+from query.strategies import MC_SAMPLES, get_strategy
 from query.pool import LabelPool
 from query.visualize import query_panel
 
@@ -124,16 +125,23 @@ class Experiment:
     # ------------------------------------------------------------------ pseudo labels (+ scores)
     def pseudo_label(self, index: int, name: str, teacher_state: dict, pool: LabelPool, *, score: bool) -> dict:
         """Teacher inference over every image not fully labeled: pseudo-label PNGs, and the
-        per-region entropy when the stage queries. Kept on disk so a resumed stage skips it."""
+        region scores of query.strategy when the stage queries. Kept on disk so a resumed stage
+        skips it."""
         stage_dir = self.run.stage_dir(index, name)
         done = stage_dir / "pseudo_done.npz"
+        strategy = get_strategy(self.cfg.query.strategy) if score else None
+        written_for = strategy.name if score else ""  # what the file must hold to be this pass
         if done.is_file():
             try:
-                return _load_pass(done)
+                return load_pass(done, written_for)
+            except StalePass as err:  # an older run directory, or another strategy: computed again
+                self.logger.log(f"warning: {err}; pseudo-labelling again")
             except guard.DAMAGED as err:  # a cache of the pass below: computed again
                 self.logger.log(f"warning: {done} is damaged ({type(err).__name__}); pseudo-labelling again")
         started = time.time()
-        teacher = make_model(self.cfg.model, self.pool_src.num_classes, rep_head=False, noise=False, pretrained="none")
+        # bald samples the student's noise (off in eval mode, so the plain prediction is unchanged)
+        noisy = strategy is not None and strategy.needs == MC_SAMPLES
+        teacher = make_model(self.cfg.model, self.pool_src.num_classes, rep_head=False, noise=noisy, pretrained="none")
         transfer_weights(teacher, teacher_state)  # the teacher predicts only: no representation head
         teacher.to(self.ctx.device)
         if self.cfg.runtime.channels_last:
@@ -143,13 +151,14 @@ class Experiment:
         human = score and self.cfg.query.oracle == "human"  # the annotator is offered the prediction
         out = pseudo_label_pass(teacher, self.pool_src, todo, self.cfg, self.ctx, amp=self.amp,
                                 out_dir=stage_dir / "pseudo", grid=self.grid if score else None,
-                                keep_entropy_for=vis, prediction_dir=stage_dir / oracle.PREDICTION if human else None)
+                                strategy=strategy, stage_seed=self.cfg.seed * 1000 + index, keep_maps_for=vis,
+                                prediction_dir=stage_dir / oracle.PREDICTION if human else None)
         out["seconds"] = time.time() - started
         if self.ctx.is_main:
-            _save_pass(done, out, len(pool), self.grid.shape)
+            save_pass(done, out, len(pool), self.grid.shape, written_for)
         dist_utils.barrier(self.ctx)
         self.logger.log(f"[{name}] pseudo-labeled {len(todo)} images in {out['seconds']:.0f}s")
-        return _load_pass(done)
+        return load_pass(done, written_for)
 
     # ------------------------------------------------------------------ query
     def query(self, index: int, name: str, pool: LabelPool, scored: dict) -> LabelPool:
@@ -157,14 +166,14 @@ class Experiment:
         oracle (ground truth, or a human annotator: this may stop the run until the labels are
         there) and count what they hold."""
         q = self.cfg.query
-        new, budget = self._select(index, pool, scored)
+        new, budget, scores = self._select(index, pool, scored)
         faults.reached("before_reveal")
         imported = None
         if q.oracle == "human" and new.any():  # nothing selected: nothing to ask anyone
             try:
                 labelled = oracle.reveal_by_human(stage_dir=self.run.stage_dir(index, name), stage=name,
                                                   earlier_dirs=self._stage_dirs(index), src=self.pool_src,
-                                                  pool=pool, new=new, scores=scored["scores"], ctx=self.ctx,
+                                                  pool=pool, new=new, scores=scores, ctx=self.ctx,
                                                   logger=self.logger, partial=self.partial_import)
             except oracle.AwaitingLabels as wait:
                 self.write_summary(finished=False, waiting=wait.record())
@@ -175,7 +184,7 @@ class Experiment:
             new = labelled  # a partial import reveals only the images that were labelled
         next_pool = pool.reveal(new, budget)
         next_pool.check_grows_from(pool)
-        self._query_panels(index, name, pool, new, scored)
+        self._query_panels(index, name, pool, new, scored, scores)
         stats = oracle.class_pixels(self.pool_src, next_pool, new, self.human_labels(index + 1), self.ctx)
         if imported is not None:
             stats["human_import"] = imported
@@ -186,24 +195,19 @@ class Experiment:
                         f"{q.oracle}); labeled pixels {self.labeled_pct(pool):.2f}% -> {pct:.2f}%")
         return next_pool
 
-    def _select(self, index: int, pool: LabelPool, scored: dict) -> tuple[np.ndarray, int]:
-        """(new cells, budget). Only the scores and the pool decide — never the labels of unlabeled
-        images, which a real query step does not have. Identical on every rank (gathered scores)."""
+    def _select(self, index: int, pool: LabelPool, scored: dict) -> tuple[np.ndarray, int, np.ndarray]:
+        """(new cells, budget, the region scores ranked). Only the scores and the pool decide —
+        never the labels of unlabeled images, which a real query step does not have. Identical on
+        every rank (gathered scores; random's are drawn from the stage's seed)."""
         q, n = self.cfg.query, len(pool)
         eligible = scoring.eligible_cells(pool.cells, scored["has_scores"])
         if q.selection == "per_image":
-            k, total, budget = q.regions_per_image, None, q.regions_per_image * n
+            count, budget = q.regions_per_image, q.regions_per_image * n
         else:
             cell_area = q.region_size[0] * q.region_size[1]
-            k, total = None, int(q.budget_pct / 100 * n * self.grid.height * self.grid.width // cell_area)
-            budget = total
-        if q.strategy == "random":
-            new = scoring.select_random(eligible, k_per_image=k, n_total=total, seed=self.cfg.seed * 1000 + index)
-        elif k is not None:
-            new = scoring.select_topk_per_image(scored["scores"], eligible, k)
-        else:
-            new = scoring.select_topk_global(scored["scores"], eligible, total)
-        return new, budget
+            count = budget = int(q.budget_pct / 100 * n * self.grid.height * self.grid.width // cell_area)
+        scores = get_strategy(q.strategy).selection_scores(scored["scores"], seed=self.cfg.seed * 1000 + index)
+        return scoring.select(scores, eligible, q.selection, count), budget, scores
 
     def _stage_dirs(self, count: int) -> list[Path]:
         """The folders of the first `count` stages, in order."""
@@ -219,15 +223,20 @@ class Experiment:
             total = max(sum(stats[key].values()), 1)
             self.logger.scalars({f"query_{tag}_pct/{c}": 100.0 * v / total for c, v in stats[key].items()}, index)
 
-    def _query_panels(self, index, name, pool, new, scored) -> None:
+    def _query_panels(self, index, name, pool, new, scored, scores) -> None:
+        """query_vis/: the first query.vis_images images with the strategy's map and its colour
+        bar (0 .. the strategy's maximum, the same for every cycle)."""
         if not self.ctx.is_main:
             return
         folder = self.run.stage_dir(index, name) / "query_vis"
-        max_entropy = float(np.log(self.pool_src.num_classes))
-        for i, entropy in scored["entropy"].items():
+        strategy = get_strategy(self.cfg.query.strategy)
+        top = strategy.score_max(self.pool_src.num_classes)
+        for i in np.flatnonzero(scored["has_scores"])[: self.cfg.query.vis_images].tolist():
             image, _ = self.pool_src.read(i)
-            panel = query_figure(query_panel(image, entropy.astype(np.float32), self.grid, pool.cells[i], new[i],
-                                             entropy_max=max_entropy), max_entropy)
+            pixel_map = scored["maps"][i].astype(np.float32) if i in scored["maps"] else None
+            values = strategy.panel_map(pixel_map, scores[i], self.grid)
+            panel = query_figure(query_panel(image, values, self.grid, pool.cells[i], new[i], score_max=top),
+                                 top, strategy.map_title, strategy.bar_label)
             atomic_write_png(folder / f"{flat_name(self.pool_src.ids[i])}.png", panel)
             self.logger.image(f"{name}/query_{self.pool_src.ids[i]}", panel, index)
 
@@ -259,9 +268,8 @@ class Experiment:
                           "history": pool.history},
                  "pool_sha256_per_rank": self._check_pools_agree(pool, name),
                  **self.query_stats.get(index, {})}  # query stages: queried / pool class pixels
-        record = train_and_evaluate(cfg=self.cfg, ctx=self.ctx, run=self.run, logger=self.logger, index=index,
-                                    name=name, stage=stage, model=model, labeled_view=labeled_view,
-                                    unlabeled_view=pseudo_view, eval_src=self.eval_src, amp=self.amp,
+        run = RunContext(self.cfg, self.ctx, self.logger, self.eval_src, self.amp)
+        record = train_and_evaluate(run, StageJob(index, name, stage, stage_dir), model, labeled_view, pseudo_view,
                                     labeled_pct=self.labeled_pct(pool), extra_metrics=extra,
                                     extra_wall_s=pseudo["seconds"] if pseudo else 0.0)
         record = with_query_stats(record, extra)  # as read back from metrics.json after a restart
@@ -350,18 +358,3 @@ def read_finished(stage_dir: Path) -> tuple[dict, LabelPool, dict]:
     pool = guard.read_record(stage_dir / "pool.npz", LabelPool.load, remedy)
     return record, pool, guard.read_record(stage_dir / "weights.pth", load_weights, remedy)
 
-
-def _save_pass(path: Path, out: dict, n: int, grid_shape) -> None:
-    scores = np.zeros((n,) + tuple(grid_shape), dtype=np.float32)
-    has = np.zeros(n, dtype=bool)
-    for i, s in out["scores"].items():
-        scores[i], has[i] = s, True
-    vis_ids = np.array(sorted(out["entropy"]), dtype=np.int64)
-    vis = np.stack([out["entropy"][i] for i in vis_ids]) if len(vis_ids) else np.zeros((0, 1, 1), np.float16)
-    atomic_write_npz(path, scores=scores, has_scores=has, vis_ids=vis_ids, vis=vis, seconds=out["seconds"])
-
-
-def _load_pass(path: Path) -> dict:
-    d = np.load(path, allow_pickle=False)
-    return {"scores": d["scores"], "has_scores": d["has_scores"], "seconds": float(d["seconds"]),
-            "entropy": {int(i): e for i, e in zip(d["vis_ids"], d["vis"])}}

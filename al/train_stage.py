@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from al.rundir import RunDirectory, stage_record
+from al.rundir import stage_record
 from core import checkpoint as ckpt
 from core import distributed as dist_utils
 from core import faults
@@ -34,11 +36,33 @@ def fresh_model(cfg, stage, num_classes: int, teacher_state: dict | None):
     return model
 
 
-def train_and_evaluate(*, cfg, ctx, run: RunDirectory, logger, index: int, name: str, stage,
-                       model, labeled_view, unlabeled_view, eval_src, amp: str, labeled_pct: float,
-                       extra_metrics: dict | None = None, extra_wall_s: float = 0.0) -> dict:
-    """Train `model` for the stage, save its weights, evaluate, write metrics.json (= done)."""
-    stage_dir = run.stage_dir(index, name)
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of a run shares: the config, the processes, the log, the evaluation
+    images and the autocast mode."""
+    cfg: object
+    ctx: object
+    logger: object
+    eval_src: object
+    amp: str
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """One stage to train: its position, name, config section and folder in the run directory."""
+    index: int
+    name: str
+    stage: object
+    folder: Path
+
+
+def train_and_evaluate(run: RunContext, job: StageJob, model, labeled_view, unlabeled_view, *,
+                       labeled_pct: float, extra_metrics: dict | None = None, extra_wall_s: float = 0.0) -> dict:
+    """Train `model` for the stage, save its weights, evaluate, write metrics.json (= done).
+    `extra_metrics` go into metrics.json beside the record; `extra_wall_s` (the pseudo-label
+    pass) is added to the stage's wall time."""
+    cfg, ctx, logger, eval_src, amp = run.cfg, run.ctx, run.logger, run.eval_src, run.amp
+    index, name, stage, stage_dir = job.index, job.name, job.stage, job.folder
     logger.log(f"[{name}] {stage.kind}: {stage.epochs} epochs x {stage.iters_per_epoch} it, batch "
                f"{stage.batch_labeled}+{stage.batch_unlabeled}, ReCo {'on' if stage.reco else 'off'}, "
                f"{len(labeled_view)} labeled / {len(unlabeled_view) if unlabeled_view else 0} pseudo-labeled images")
