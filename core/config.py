@@ -257,7 +257,16 @@ SCHEMA: dict = {
     "query": {
         "initial_fraction": Field("float", 0.1, doc="fraction of whole images labeled at the start"),
         "region_size": Field("int2", [30, 30]),
-        "strategy": Field("str", "entropy", choices=("entropy", "random")),
+        "strategy": Field("str", "entropy", choices=("entropy", "random", "margin", "least_confidence", "bald"),
+                          doc="how regions are ranked, by the mean of a per-pixel score (query/strategies/, "
+                              "one module each): entropy = -sum_c p_c log p_c of the softmax (the paper's); "
+                              "random = uniform random regions, the baseline (reads no model); "
+                              "margin = 1 - (p1 - p2), the two most probable classes; "
+                              "least_confidence = 1 - max_c p_c; "
+                              "bald = mutual information H(mean_t p_t) - mean_t H(p_t) over query.mc_passes "
+                              "passes with the student's noise on (model.dropout / model.stochastic_depth)"),
+        "mc_passes": Field("int", 8, doc="bald only: noisy forward passes per image (at least 2), each "
+                                         "seeded by the stage and the image, so any world size picks the same regions"),
         "selection": Field("str", "per_image", choices=("per_image", "global")),
         "regions_per_image": Field("int", 4),
         "budget_pct": Field("float", 2.0, doc="global selection: labeled pixels added per cycle, % of the pool"),
@@ -428,6 +437,12 @@ def resolve_config_path(name_or_path: str) -> tuple[Path, str]:
     raise ConfigError(f"config {name_or_path!r} not found (looked for {', '.join(str(c) for c in candidates)})")
 
 
+def read_with_bases(path: str | os.PathLike) -> dict:
+    """A config file's tree after `_base_` inheritance (the rule above), before overrides and the
+    schema check: for tools that read a key of many configs without loading them (reproduce.py)."""
+    return _load_with_bases(Path(path), {})
+
+
 def load_config(name_or_path: str, overrides: list[str] = ()) -> Config:
     """Read, merge, override and validate a config. Adds `name` (the config name)."""
     path, name = resolve_config_path(name_or_path)
@@ -491,6 +506,7 @@ def _check_consistency(cfg: dict, origins: dict) -> None:
         fail("query.budget_pct", f"must be positive, got {cfg['query']['budget_pct']}")
     if min(cfg["query"]["region_size"]) < 1:
         fail("query.region_size", "must be at least 1x1")
+    _check_strategy(cfg["query"], cfg["model"], fail)
     if not 0 <= cfg["pseudo"]["threshold"] <= 1:
         fail("pseudo.threshold", "must be in [0, 1]")
     for key in ("pseudo.scales", "eval.scales"):
@@ -514,6 +530,17 @@ def _check_consistency(cfg: dict, origins: dict) -> None:
             fail(f"stages.{name}.batch_unlabeled", f"a {stage['kind']} stage needs pseudo-labeled images")
     if cfg["stages"] and next(iter(cfg["stages"].values()))["kind"] != "supervised":
         fail("stages", "the first stage must be `supervised` (it trains the first teacher)")
+
+
+def _check_strategy(query: dict, model: dict, fail) -> None:
+    """bald samples the student's noise: it needs two passes at least and a nonzero noise rate."""
+    if query["mc_passes"] < 2:
+        fail("query.mc_passes", f"must be at least 2 (bald compares noisy passes), got {query['mc_passes']}")
+    if query["strategy"] == "bald":
+        noise = "stochastic_depth" if model["backbone"].startswith("resnet") else "dropout"
+        if model[noise] <= 0:
+            fail("query.strategy", f"bald samples the student's noise, but model.{noise} (the noise of "
+                                   f"{model['backbone']}) is {model[noise]}; set it above 0")
 
 
 def _check_folder_data(data: dict, fail) -> None:

@@ -84,14 +84,15 @@ def colour_bar(width: int, vmax: float, label: str, height: int = 14) -> np.ndar
     return np.concatenate([_text_strip(width, [(4, label)], height=24, scale=0.5), bar, ticks], axis=0)
 
 
-def query_figure(panel: np.ndarray, entropy_max: float) -> np.ndarray:
-    """query/visualize.query_panel's (H, 2W) panel for people: enlarged, both halves titled, the
-    legend of the marks under the image and the entropy colour bar under the map."""
+def query_figure(panel: np.ndarray, score_max: float, map_title: str, bar_label: str) -> np.ndarray:
+    """query/visualize.query_panel's (H, 2W) panel for people: enlarged, both halves titled (the map
+    half with `map_title`, the strategy's), the legend of the marks under the image and the score
+    colour bar (0 .. `score_max`, labelled `bar_label`) under the map."""
     big = enlarge(panel)
     half = big.shape[1] // 2
-    body = titled_columns([big[:, :half], big[:, half:]], ["image and regions", "per-pixel entropy of the prediction"])
+    body = titled_columns([big[:, :half], big[:, half:]], ["image and regions", map_title])
     left = legend([(LABELED_TINT_COLOR, "labelled before"), (OUTLINE_COLOR, "queried now")], half)
-    right = colour_bar(half, entropy_max, "entropy (nats; max log C)")
+    right = colour_bar(half, score_max, bar_label)
     height = max(left.shape[0], right.shape[0])
     pad = lambda a: np.concatenate([a, np.full((height - a.shape[0], a.shape[1], 3), BACKGROUND, np.uint8)])  # noqa: E731
     foot = np.concatenate([pad(left), np.full((height, 6, 3), BACKGROUND, np.uint8), pad(right)], axis=1)

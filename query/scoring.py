@@ -1,4 +1,5 @@
-"""Entropy region scores and region selection (top-k per image, top-n global, random baseline).
+"""Region scores (the mean of a strategy's per-pixel scores, query/strategies/) and region
+selection: the top `budget` eligible cells of every image, or of the whole pool.
 
 Selection is deterministic by construction: scores are converted to numpy float64 and ordered with
 ``np.lexsort`` on (eligible first, higher score first, lower flat cell index first). ``torch.topk``
@@ -16,37 +17,23 @@ import torch
 from query.pool import RegionGrid
 
 
-def pixel_entropy(prob: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (natural log) over the class axis: (N, C, H, W) probabilities -> (N, H, W).
+def region_scores(pixel_scores: torch.Tensor, grid: RegionGrid) -> torch.Tensor:
+    """Mean per-pixel score per cell: (N, H, W) -> (N, gh, gw), on the input's device and dtype.
 
-    ``xlogy`` defines 0 * log 0 = 0, so saturated softmax outputs give 0 instead of NaN.
+    Every pixel of a cell counts alike (void or not: a query does not know the labels). Sum pooling
+    over zero-padded whole cells, then division by each cell's true pixel count, so the smaller edge
+    cells are averaged over their own pixels only (plain ``avg_pool2d`` with padding would divide
+    them by the full region area).
     """
-    if not isinstance(prob, torch.Tensor):
-        raise TypeError(f"pixel_entropy: expected a torch.Tensor, got {type(prob).__name__}")
-    if prob.dim() != 4:
-        raise ValueError(f"pixel_entropy: expected (N, C, H, W) probabilities, got shape "
-                         f"{tuple(prob.shape)}")
-    if not prob.is_floating_point():
-        raise ValueError(f"pixel_entropy: probabilities must be floating point, got {prob.dtype}")
-    return -torch.special.xlogy(prob, prob).sum(dim=1)
-
-
-def region_scores(entropy: torch.Tensor, grid: RegionGrid) -> torch.Tensor:
-    """Mean entropy per cell: (N, H, W) -> (N, gh, gw), on the input's device and dtype.
-
-    Sum pooling over zero-padded whole cells, then division by each cell's true pixel count, so
-    the smaller edge cells are averaged over their own pixels only (plain ``avg_pool2d`` with
-    padding would divide them by the full region area).
-    """
-    if not isinstance(entropy, torch.Tensor):
-        raise TypeError(f"region_scores: expected a torch.Tensor, got {type(entropy).__name__}")
-    if entropy.dim() != 3:
-        raise ValueError(f"region_scores: expected (N, H, W) entropy, got shape "
-                         f"{tuple(entropy.shape)}")
-    if not entropy.is_floating_point():
-        raise ValueError(f"region_scores: entropy must be floating point, got {entropy.dtype}")
-    sums = grid.cell_sums(entropy)
-    areas = torch.as_tensor(grid.cell_areas.copy(), device=entropy.device, dtype=entropy.dtype)
+    if not isinstance(pixel_scores, torch.Tensor):
+        raise TypeError(f"region_scores: expected a torch.Tensor, got {type(pixel_scores).__name__}")
+    if pixel_scores.dim() != 3:
+        raise ValueError(f"region_scores: expected (N, H, W) pixel scores, got shape "
+                         f"{tuple(pixel_scores.shape)}")
+    if not pixel_scores.is_floating_point():
+        raise ValueError(f"region_scores: pixel scores must be floating point, got {pixel_scores.dtype}")
+    sums = grid.cell_sums(pixel_scores)
+    areas = torch.as_tensor(grid.cell_areas.copy(), device=pixel_scores.device, dtype=pixel_scores.dtype)
     return sums / areas
 
 
@@ -72,62 +59,28 @@ def eligible_cells(pool_cells, scored_images=None) -> np.ndarray:
     return eligible
 
 
-def select_topk_per_image(scores, eligible, k: int) -> np.ndarray:
-    """The ``k`` highest-scoring eligible cells of every image (fewer where fewer are eligible).
+SELECTION_MODES = ("per_image", "global")
 
-    Ties go to the lowest flat cell index (row-major within the image).
+
+def select(scores, eligible, mode: str, budget: int) -> np.ndarray:
+    """The ``budget`` highest-scoring eligible cells of every image (``mode="per_image"``; fewer
+    where fewer are eligible) or of the whole pool (``mode="global"``). Ties go to the lowest flat
+    cell index: row-major within an image, image-major over the pool.
+
+    Every strategy goes through here, random included (its scores are minus uniform keys, see
+    query/strategies/random_regions.py).
     """
-    scores, eligible = _check_scores(scores, eligible, "select_topk_per_image")
-    _check_count(k, "k", "select_topk_per_image")
-    num_images = scores.shape[0]
-    flat_scores = scores.reshape(num_images, -1)
-    flat_eligible = eligible.reshape(num_images, -1)
+    scores, eligible = _check_scores(scores, eligible, "select")
+    if mode not in SELECTION_MODES:
+        raise ValueError(f"select: mode must be one of {list(SELECTION_MODES)}, got {mode!r}")
+    _check_count(budget, "budget", "select")
+    rows = scores.shape[0] if mode == "per_image" else 1
+    flat_scores = scores.reshape(rows, -1)
+    flat_eligible = eligible.reshape(rows, -1)
     flat_index = np.broadcast_to(np.arange(flat_scores.shape[1]), flat_scores.shape)
     # lexsort: the last key is the primary one. Ineligible cells sort after every eligible one.
     order = np.lexsort((flat_index, -flat_scores, ~flat_eligible), axis=-1)
-    return _take_first(order, flat_eligible, k).reshape(scores.shape)
-
-
-def select_topk_global(scores, eligible, n: int) -> np.ndarray:
-    """The ``n`` highest-scoring eligible cells over the whole pool; ties to the lowest flat index
-    (image-major, then row-major)."""
-    scores, eligible = _check_scores(scores, eligible, "select_topk_global")
-    _check_count(n, "n", "select_topk_global")
-    flat_scores = scores.reshape(1, -1)
-    flat_eligible = eligible.reshape(1, -1)
-    flat_index = np.arange(flat_scores.shape[1])[None]
-    order = np.lexsort((flat_index, -flat_scores, ~flat_eligible), axis=-1)
-    return _take_first(order, flat_eligible, n).reshape(scores.shape)
-
-
-def select_random(eligible, k_per_image: int | None = None, n_total: int | None = None,
-                  seed: int = 0) -> np.ndarray:
-    """Random-region baseline with the same budget as the entropy query.
-
-    Exactly one of ``k_per_image`` (k random eligible cells per image) or ``n_total`` (n random
-    eligible cells over the pool). Every cell gets an i.i.d. uniform key from
-    ``np.random.default_rng(seed)`` and the lowest keys among eligible cells win, which is a
-    uniform random subset and depends only on the seed and the array shape.
-    """
-    eligible = _to_numpy(eligible)
-    if eligible.dtype != bool or eligible.ndim != 3:
-        raise ValueError(f"select_random: eligible must be bool (N, gh, gw), got dtype "
-                         f"{eligible.dtype} shape {eligible.shape}")
-    if (k_per_image is None) == (n_total is None):
-        raise ValueError("select_random: give exactly one of k_per_image and n_total")
-    keys = np.random.default_rng(seed).random(eligible.shape)
-    if k_per_image is not None:
-        _check_count(k_per_image, "k_per_image", "select_random")
-        flat_keys = keys.reshape(eligible.shape[0], -1)
-        flat_eligible = eligible.reshape(eligible.shape[0], -1)
-        count = k_per_image
-    else:
-        _check_count(n_total, "n_total", "select_random")
-        flat_keys = keys.reshape(1, -1)
-        flat_eligible = eligible.reshape(1, -1)
-        count = n_total
-    order = np.lexsort((flat_keys, ~flat_eligible), axis=-1)
-    return _take_first(order, flat_eligible, count).reshape(eligible.shape)
+    return _take_first(order, flat_eligible, budget).reshape(scores.shape)
 
 
 def _take_first(order: np.ndarray, flat_eligible: np.ndarray, count: int) -> np.ndarray:

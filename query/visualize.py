@@ -1,8 +1,8 @@
 """Picture of one active-learning query: which cells were labeled before, which were just queried.
 
 Panel layout (RGB, uint8, H x 2W): left the image with previously labeled cells tinted green and
-newly queried cells outlined in magenta; right the entropy map (JET colour map) with the same
-outlines. Magenta and green are the same in RGB and BGR order, so the panel reads correctly even if
+newly queried cells outlined in magenta; right the map of the strategy's per-pixel scores (JET
+colour map; entropy, margin, ... : query/strategies/) with the same outlines. Magenta and green are the same in RGB and BGR order, so the panel reads correctly even if
 a caller writes it with cv2 without converting; JET contains no magenta, so outlines stay visible.
 `annotation_preview` is the left half with everything outside the new cells dimmed: what a human
 annotator is asked to label.
@@ -36,33 +36,34 @@ def cell_border_mask(grid: RegionGrid, thickness: int) -> np.ndarray:
     return row_edge[:, None] | col_edge[None, :]
 
 
-def query_panel(image: np.ndarray, entropy, grid: RegionGrid, labeled_cells: np.ndarray,
-                new_cells: np.ndarray, entropy_max: float | None = None,
+def query_panel(image: np.ndarray, scores, grid: RegionGrid, labeled_cells: np.ndarray,
+                new_cells: np.ndarray, score_max: float | None = None,
                 thickness: int = 2) -> np.ndarray:
     """Side-by-side RGB panel (H, 2W, 3) uint8 of a query; see the module docstring.
 
-    ``labeled_cells`` are the cells labeled *before* this query and must not overlap
-    ``new_cells``. ``entropy_max`` fixes the colour scale (e.g. log(num_classes)) so panels of
+    ``scores`` is the (H, W) per-pixel score map the strategy ranked by. ``labeled_cells`` are
+    the cells labeled *before* this query and must not overlap ``new_cells``. ``score_max`` fixes
+    the colour scale (the strategy's maximum, e.g. log(num_classes) for entropy) so panels of
     different cycles compare; by default each panel is scaled to its own maximum.
     """
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.shape != (grid.height, grid.width, 3):
         raise ValueError(f"query_panel: image must be uint8 ({grid.height}, {grid.width}, 3), "
                          f"got dtype {image.dtype} shape {image.shape}")
-    if hasattr(entropy, "detach"):
-        entropy = entropy.detach().cpu().numpy()
-    entropy = np.asarray(entropy, dtype=np.float64)
-    if entropy.shape != (grid.height, grid.width):
-        raise ValueError(f"query_panel: entropy has shape {entropy.shape}, expected "
+    if hasattr(scores, "detach"):
+        scores = scores.detach().cpu().numpy()
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (grid.height, grid.width):
+        raise ValueError(f"query_panel: scores has shape {scores.shape}, expected "
                          f"({grid.height}, {grid.width})")
-    if not np.isfinite(entropy).all():
-        raise ValueError("query_panel: entropy contains NaN or inf")
+    if not np.isfinite(scores).all():
+        raise ValueError("query_panel: scores contain NaN or inf")
     left = region_overlay(image, grid, labeled_cells, new_cells, thickness)
 
-    scale = float(entropy.max()) if entropy_max is None else float(entropy_max)
+    scale = float(scores.max()) if score_max is None else float(score_max)
     if scale < 0:
-        raise ValueError(f"query_panel: entropy_max must be >= 0, got {entropy_max!r}")
-    normalised = entropy / scale if scale > 0 else np.zeros_like(entropy)
+        raise ValueError(f"query_panel: score_max must be >= 0, got {score_max!r}")
+    normalised = scores / scale if scale > 0 else np.zeros_like(scores)
     gray = np.clip(np.rint(normalised * 255.0), 0, 255).astype(np.uint8)
     right = cv2.cvtColor(cv2.applyColorMap(gray, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
 

@@ -54,7 +54,7 @@ def test_outlines_drawn_exactly_on_new_cell_borders_in_both_halves():
 def test_entropy_half_is_jet_colour_map_in_rgb():
     grid, image, entropy, labeled, new = make_inputs()
     no_new = np.zeros_like(new)
-    panel = query_panel(image, entropy, grid, labeled, no_new, entropy_max=1.0)
+    panel = query_panel(image, entropy, grid, labeled, no_new, score_max=1.0)
     gray = np.clip(np.rint(entropy * 255), 0, 255).astype(np.uint8)
     expected = cv2.applyColorMap(gray, cv2.COLORMAP_JET)[..., ::-1]  # BGR -> RGB
     np.testing.assert_array_equal(panel[:, W:], expected)
@@ -79,7 +79,7 @@ def test_panel_input_errors():
         query_panel(image, entropy, grid, labeled | new, new)
     with pytest.raises(ValueError, match="image must be uint8"):
         query_panel(image.astype(np.float32), entropy, grid, labeled, new)
-    with pytest.raises(ValueError, match="entropy has shape"):
+    with pytest.raises(ValueError, match="scores has shape"):
         query_panel(image, entropy[:-1], grid, labeled, new)
     with pytest.raises(ValueError, match="new_cells"):
         query_panel(image, entropy, grid, labeled, new[:-1])
