@@ -1,16 +1,13 @@
 """The acquisition strategies, by the name `query.strategy` gives them. Adding one: a module with
-a `Strategy` subclass (query/strategies/base.py), an entry below, and its name in the choices of
+its `STRATEGY` (a query/strategies/base.py `Strategy`), an entry below, and its name in the choices of
 `query.strategy` (core/config.py; tests/test_acquisition.py checks that both lists agree)."""
 from __future__ import annotations
 
-from .bald import Bald
+from . import bald, entropy, least_confidence, margin, random_regions
 from .base import MC_SAMPLES, NOTHING, PREDICTION, Strategy
-from .entropy import Entropy
-from .least_confidence import LeastConfidence
-from .margin import Margin
-from .random_regions import Random
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Entropy(), Random(), Margin(), LeastConfidence(), Bald())}
+STRATEGIES: dict[str, Strategy] = {module.STRATEGY.name: module.STRATEGY
+                                   for module in (entropy, random_regions, margin, least_confidence, bald)}
 
 
 def get_strategy(name: str) -> Strategy:

@@ -10,11 +10,9 @@ the mean entropy, is subtracted). The noisy passes are run by `al.pseudo`; this 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import MC_SAMPLES, Strategy, check_probs
+from .base import MC_SAMPLES, Strategy, check_probs, log_classes
 from .entropy import pixel_entropy
 
 
@@ -30,14 +28,6 @@ def pixel_mutual_information(samples: torch.Tensor) -> torch.Tensor:
     return (entropy_of_mean - mean_entropy).clamp_min(0.0)
 
 
-class Bald(Strategy):
-    name = "bald"
-    needs = MC_SAMPLES
-    map_title = "per-pixel BALD mutual information (MC noise)"
-    bar_label = "mutual information (nats; max log C)"
-
-    def score_max(self, num_classes: int) -> float:
-        return float(math.log(num_classes))
-
-    def pixel_scores(self, probs: torch.Tensor) -> torch.Tensor:
-        return pixel_mutual_information(probs)
+STRATEGY = Strategy(name="bald", needs=MC_SAMPLES, map_title="per-pixel BALD mutual information (MC noise)",
+                    bar_label="mutual information (nats; max log C)", max_score=log_classes,
+                    pixel_fn=pixel_mutual_information)

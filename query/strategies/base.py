@@ -3,6 +3,10 @@ model's pass over an image, which `query.scoring.region_scores` averages per reg
 `query.scoring.select` ranks. One strategy per module; `query.strategies` is the registry."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -12,24 +16,39 @@ MC_SAMPLES = "mc_samples"  # query.mc_passes softmax outputs with the student's 
 NOTHING = "nothing"        # no model output: the scores are drawn at selection time (random)
 
 
-class Strategy:
-    """One acquisition function. Subclasses set the class attributes and override `pixel_scores`
-    (model strategies) or `selection_scores` + `panel_map` (a strategy that reads no model)."""
+def log_classes(num_classes: int) -> float:
+    """The entropy of the uniform distribution: the top of entropy-like scores."""
+    return float(math.log(num_classes))
 
-    name: str = ""       # the value of query.strategy
-    needs: str = PREDICTION
-    map_title: str = ""  # title of the query panel's map half
-    bar_label: str = ""  # label of its colour bar
+
+def one(num_classes: int) -> float:
+    return 1.0
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One acquisition function: a registry entry (each strategy module defines its `STRATEGY`).
+    A strategy that reads no model (random) subclasses it and overrides `selection_scores` and
+    `panel_map` instead of giving `pixel_fn`."""
+
+    name: str                    # the value of query.strategy
+    needs: str                   # PREDICTION, MC_SAMPLES or NOTHING
+    map_title: str               # title of the query panel's map half
+    bar_label: str               # label of its colour bar
+    max_score: Callable[[int], float]  # num_classes -> the largest per-pixel score
+    pixel_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def score_max(self, num_classes: int) -> float:
         """The largest per-pixel score: the fixed top of the panels' colour scale, so panels of
         different cycles and images compare."""
-        raise NotImplementedError
+        return self.max_score(num_classes)
 
     def pixel_scores(self, probs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) softmax (PREDICTION) or (T, N, C, H, W) noisy samples (MC_SAMPLES) ->
         (N, H, W) scores on the same device, floating point."""
-        raise NotImplementedError(f"strategy {self.name!r} reads no model output")
+        if self.pixel_fn is None:
+            raise NotImplementedError(f"strategy {self.name!r} reads no model output")
+        return self.pixel_fn(probs)
 
     def selection_scores(self, pass_scores: np.ndarray, seed: int) -> np.ndarray:
         """(N, gh, gw) region scores the selection ranks: by default the region means of

@@ -1,11 +1,9 @@
 """`entropy` (the paper's): Shannon entropy of the softmax, -sum_c p_c log p_c, in nats (0..log C)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import PREDICTION, Strategy, check_probs
+from .base import PREDICTION, Strategy, check_probs, log_classes
 
 
 def pixel_entropy(prob: torch.Tensor) -> torch.Tensor:
@@ -17,14 +15,5 @@ def pixel_entropy(prob: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(prob, prob).sum(dim=1)
 
 
-class Entropy(Strategy):
-    name = "entropy"
-    needs = PREDICTION
-    map_title = "per-pixel entropy of the prediction"
-    bar_label = "entropy (nats; max log C)"
-
-    def score_max(self, num_classes: int) -> float:
-        return float(math.log(num_classes))
-
-    def pixel_scores(self, probs: torch.Tensor) -> torch.Tensor:
-        return pixel_entropy(probs)
+STRATEGY = Strategy(name="entropy", needs=PREDICTION, map_title="per-pixel entropy of the prediction",
+                    bar_label="entropy (nats; max log C)", max_score=log_classes, pixel_fn=pixel_entropy)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import PREDICTION, Strategy, check_probs
+from .base import PREDICTION, Strategy, check_probs, one
 
 
 def pixel_least_confidence(prob: torch.Tensor) -> torch.Tensor:
@@ -12,14 +12,6 @@ def pixel_least_confidence(prob: torch.Tensor) -> torch.Tensor:
     return 1.0 - prob.amax(dim=1)
 
 
-class LeastConfidence(Strategy):
-    name = "least_confidence"
-    needs = PREDICTION
-    map_title = "per-pixel 1 - max p of the prediction"
-    bar_label = "least confidence 1 - max p (max 1)"
-
-    def score_max(self, num_classes: int) -> float:
-        return 1.0  # the true top is 1 - 1/C; 1 keeps one scale for every class count
-
-    def pixel_scores(self, probs: torch.Tensor) -> torch.Tensor:
-        return pixel_least_confidence(probs)
+# The true top is 1 - 1/C; 1 keeps one colour scale for every class count.
+STRATEGY = Strategy(name="least_confidence", needs=PREDICTION, map_title="per-pixel 1 - max p of the prediction",
+                    bar_label="least confidence 1 - max p (max 1)", max_score=one, pixel_fn=pixel_least_confidence)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import PREDICTION, Strategy, check_probs
+from .base import PREDICTION, Strategy, check_probs, one
 
 
 def pixel_margin(prob: torch.Tensor) -> torch.Tensor:
@@ -16,14 +16,5 @@ def pixel_margin(prob: torch.Tensor) -> torch.Tensor:
     return 1.0 - (top2[:, 0] - top2[:, 1])
 
 
-class Margin(Strategy):
-    name = "margin"
-    needs = PREDICTION
-    map_title = "per-pixel 1 - (p1 - p2) of the prediction"
-    bar_label = "margin score 1 - (p1 - p2) (max 1)"
-
-    def score_max(self, num_classes: int) -> float:
-        return 1.0
-
-    def pixel_scores(self, probs: torch.Tensor) -> torch.Tensor:
-        return pixel_margin(probs)
+STRATEGY = Strategy(name="margin", needs=PREDICTION, map_title="per-pixel 1 - (p1 - p2) of the prediction",
+                    bar_label="margin score 1 - (p1 - p2) (max 1)", max_score=one, pixel_fn=pixel_margin)

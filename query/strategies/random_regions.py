@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import NOTHING, Strategy
+from .base import NOTHING, Strategy, one
 
 
 def random_scores(shape: tuple, seed: int) -> np.ndarray:
@@ -16,14 +16,8 @@ def random_scores(shape: tuple, seed: int) -> np.ndarray:
     return -np.random.default_rng(seed).random(tuple(shape))
 
 
-class Random(Strategy):
-    name = "random"
-    needs = NOTHING
-    map_title = "random draw per region, 1 - key (the lowest keys are taken)"
-    bar_label = "random priority 1 - key (max 1)"
-
-    def score_max(self, num_classes: int) -> float:
-        return 1.0
+class RandomRegions(Strategy):
+    """Scores drawn at selection time from the stage's seed and the pool's shape."""
 
     def selection_scores(self, pass_scores: np.ndarray, seed: int) -> np.ndarray:
         return random_scores(np.shape(pass_scores), seed)
@@ -33,3 +27,8 @@ class Random(Strategy):
         rh, rw = grid.region
         cell_of_row, cell_of_col = np.arange(grid.height) // rh, np.arange(grid.width) // rw
         return 1.0 + np.asarray(cell_scores, dtype=np.float64)[cell_of_row[:, None], cell_of_col[None, :]]
+
+
+STRATEGY = RandomRegions(name="random", needs=NOTHING,
+                         map_title="random draw per region, 1 - key (the lowest keys are taken)",
+                         bar_label="random priority 1 - key (max 1)", max_score=one)
