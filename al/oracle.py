@@ -2,8 +2,8 @@
 
 `query.oracle: ground_truth` (the paper's simulation): revealed cells take the dataset's labels.
 `query.oracle: human`: once a query stage has selected its regions it writes an annotation task
-(`annotate/`, see al/annotate.py) and the run stops with exit code 0; the same command run
-again checks every label file the annotator wrote (a bad one: one `error:` line, exit code 2,
+(`annotate/`, see al/annotate.py) and raises `AwaitingLabels`, which train_al.py turns into exit
+code 3 (summary.json state `waiting_for_labels`); the same command run again checks every label file the annotator wrote (a bad one: one `error:` line, exit code 2,
 nothing changed), stores them in the stage folder (`human_labels/`) and the stage goes on. From
 then on, every training view reads those cells from the newest human-label PNG of the image.
 

@@ -24,10 +24,11 @@ from engine.inference import predict_probs
 from engine.trainer import Trainer
 from models.build import make_model, transfer_weights
 
-def fresh_model(cfg, stage, num_classes: int, teacher_state: dict | None):
-    """A new model for a stage, initialised as `stage.init` says."""
+def fresh_model(model_cfg, stage, num_classes: int, teacher_state: dict | None):
+    """A new model for a stage (`model_cfg`: the config's model section), initialised as
+    `stage.init` says."""
     init = stage.init
-    model = make_model(cfg.model, num_classes, rep_head=stage.reco, noise=stage.noise,
+    model = make_model(model_cfg, num_classes, rep_head=stage.reco, noise=stage.noise,
                        pretrained="none" if init in ("scratch", "teacher") else None)
     if init == "teacher":
         if teacher_state is None:

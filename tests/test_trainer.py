@@ -152,9 +152,9 @@ def test_grad_clip_bounds_the_first_update(tiny):
 
 def test_student_noise_is_built_and_acts_in_training(tiny):
     cfg = _cfg(tiny, "model.dropout=0.4")
-    student = fresh_model(cfg, cfg.stages.student, NUM_CLASSES, teacher_state=None if
+    student = fresh_model(cfg.model, cfg.stages.student, NUM_CLASSES, teacher_state=None if
                           cfg.stages.student.init != "teacher" else _model(cfg).state_dict())
-    teacher = fresh_model(cfg, cfg.stages.teacher, NUM_CLASSES, teacher_state=None)
+    teacher = fresh_model(cfg.model, cfg.stages.teacher, NUM_CLASSES, teacher_state=None)
     assert cfg.stages.student.noise and not cfg.stages.teacher.noise
     assert student.classifier[0].p == 0.4 and teacher.classifier[0].p == 0.0
     calls = []
