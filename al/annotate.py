@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from datasets.decode import ImageReadError, read_label_png
-from core.io import atomic_write_index_png, atomic_write_npz, atomic_write_png, atomic_write_text, flat_name
+from core.io import (atomic_folder, atomic_write_index_png, atomic_write_npz, atomic_write_png, atomic_write_text,
+                     flat_name)
 
 MANIFEST = "manifest.json"
 SELECTION = "selection.npz"
@@ -256,16 +257,17 @@ def cumulative(previous: np.ndarray | None, new: np.ndarray, region: np.ndarray)
 def write_label_folder(folder: Path, labels: dict[str, np.ndarray], selection: Path) -> None:
     """The imported labels, under a temporary name renamed into place (a killed import leaves
     either no folder or a complete one)."""
-    folder = Path(folder)
-    partial = folder.with_name(f".{folder.name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)  # left by a killed import: redone from the annotator's files
-    partial.mkdir(parents=True)
-    for image_id, array in labels.items():
-        atomic_write_png(partial / file_name(image_id), array)
-    shutil.copy2(selection, partial / SELECTION)
-    atomic_write_text(partial / IMPORTED, json.dumps({"imported": sorted(labels)}, indent=1) + "\n")
-    os.rename(partial, folder)
+    # A `.partial` left by a killed import is removed first: the import is redone from the annotator's files.
+    with atomic_folder(folder, temporary=_partial(folder)) as partial:
+        for image_id, array in labels.items():
+            atomic_write_png(partial / file_name(image_id), array)
+        shutil.copy2(selection, partial / SELECTION)
+        atomic_write_text(partial / IMPORTED, json.dumps({"imported": sorted(labels)}, indent=1) + "\n")
+
+
+def _partial(folder: Path) -> str:
+    """The temporary name of a human_labels folder being written (one writer: the run's rank 0)."""
+    return f".{Path(folder).name}.partial"
 
 
 def read_imported(folder: Path) -> list[str]:
@@ -284,8 +286,5 @@ def read_imported(folder: Path) -> list[str]:
 
 def copy_label_folder(src: Path, dst: Path) -> None:
     """Copy a finished human_labels folder (a stage reused from another run), atomically."""
-    partial = Path(dst).with_name(f".{Path(dst).name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    shutil.copytree(src, partial)
-    os.rename(partial, dst)
+    with atomic_folder(dst, temporary=_partial(dst)) as partial:
+        shutil.copytree(src, partial, dirs_exist_ok=True)

@@ -9,6 +9,7 @@ import yaml
 
 from al.rundir import RunDirectory, comparable_config
 from core.config import ConfigError, load_config
+from core.io import atomic_folder
 
 def _without(cfg_dict: dict, keys) -> dict:
     return {k: v for k, v in cfg_dict.items() if k not in keys}
@@ -87,14 +88,9 @@ def shared_stages(ours: dict, theirs: dict, source_dir: Path) -> list[str]:
 
 def copy_finished_stage(src_dir: Path, dst_dir: Path) -> None:
     """Copy a finished stage folder (weights, pool, metrics — not the pseudo-label PNGs) into place
-    atomically: into a temporary sibling first, then renamed."""
-    tmp = dst_dir.with_name(dst_dir.name + ".copying")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for f in src_dir.iterdir():
-        if f.is_file():
-            shutil.copy2(f, tmp / f.name)
-    if dst_dir.exists():
-        shutil.rmtree(dst_dir)
-    tmp.rename(dst_dir)
+    atomically: into a temporary sibling `NN_stage.copying` first (al/guard.py knows the name), then
+    renamed over whatever stands at `dst_dir`."""
+    with atomic_folder(dst_dir, temporary=f"{dst_dir.name}.copying", replace=True) as tmp:
+        for f in src_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)

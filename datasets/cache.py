@@ -19,25 +19,26 @@ fails there) or has the wrong shapes is rebuilt too, with a warning: a cached pa
 used unless it came from the current files.
 
 Rank-safe without coordination: every entry is written to a temporary name unique to the
-writing process and moved into place with `os.replace`, so processes (ranks, loader workers)
-that build the same entry at the same time each install a complete file, and all of them are
-the same bytes. The engine's data scan builds every entry once before training (each rank its
-shard); later reads only check the key. Entries are not fsynced: they can always be rebuilt, and
-a file torn by a power cut fails its checks and is rebuilt. A writer killed mid-write leaves a
-`.<name>.tmp-<host>-<pid>` file, which is never read.
+writing process (and host) and moved into place with `os.replace` (core/io.py `atomic_path`),
+so processes (ranks, loader workers) that build the same entry at the same time each install a
+complete file, and all of them are the same bytes. The engine's data scan builds every entry
+once before training (each rank its shard); later reads only check the key. Entries are not
+fsynced: they can always be rebuilt, and a file torn by a power cut fails its checks and is
+rebuilt. A writer killed mid-write leaves a `.<name>.tmp-<host>-<pid>` file, which is never read.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import socket
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from core.io import WriteFailed, atomic_write_npz
 
 # Bump when reading, label mapping or resizing changes what a source read returns, so entries
 # written by older code are rebuilt instead of used.
@@ -130,17 +131,9 @@ class ResizedCache:
 
     def _write(self, path: Path, key: str, image: np.ndarray, label: np.ndarray) -> None:
         image, label = np.ascontiguousarray(image), np.ascontiguousarray(label)
-        # Unique per host and process: ranks on several nodes may share the cache folder.
-        tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                np.savez(f, image=image, label=label, key=np.array(key))
-            os.replace(tmp, path)
-        except OSError as err:
-            raise OSError(f"resized-image cache: cannot write {path} ({err.strerror or err}); "
+        try:  # the temporary is unique per host and process: ranks on several nodes may share the folder
+            atomic_write_npz(path, durable=False, image=image, label=label, key=np.array(key))
+        except WriteFailed as err:
+            raise OSError(f"resized-image cache: cannot write {path} ({err.reason}); "
                           f"set data.cache_dir to a writable folder, or null to read without "
                           f"a cache") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()

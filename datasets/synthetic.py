@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from core.io import atomic_folder
 
 from .classes import CAMVID_CLASSES
 from .synthetic_scene import render_scene
@@ -102,19 +102,13 @@ def generate_synthetic(root: str | os.PathLike, num_train: int = 100, num_val: i
     if root.exists() and not (root.is_dir() and not any(root.iterdir())):
         _check_existing(root, params)
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        _write_set(tmp, params)
-        try:
-            # rename() replaces only a missing or empty target folder, atomically.
-            os.rename(tmp, root)
-        except OSError:
-            # Another process (e.g. another DDP rank) finished first: accept its identical set.
-            if not (root / PARAMS_FILE).is_file():
-                raise
-            _check_existing(root, params)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        with atomic_folder(root) as tmp:  # a temporary unique to this process, renamed into place
+            _write_set(tmp, params)
+    except OSError:
+        # Another process (e.g. another DDP rank) finished first (the rename replaces only a
+        # missing or empty folder): accept its identical set.
+        if not (root / PARAMS_FILE).is_file():
+            raise
+        _check_existing(root, params)
     return root

@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core.io import atomic_write_npz
+
 # Bumped whenever the on-disk layout changes, so an old file fails loudly instead of misreading.
 POOL_FORMAT_VERSION = 1
 
@@ -281,8 +283,7 @@ class LabelPool:
 
     # ----- storage ----------------------------------------------------------------------------
     def save(self, path) -> None:
-        """One ``.npz`` file (one bit per cell), written to a temporary name then ``os.replace``d."""
-        path = os.fspath(path)
+        """One ``.npz`` file (one bit per cell), written atomically (core/io.py ``atomic_path``)."""
         arrays = {
             "format_version": np.array(POOL_FORMAT_VERSION, dtype=np.int64),
             "cells_packed": np.packbits(self._cells.ravel()),
@@ -292,17 +293,7 @@ class LabelPool:
             "ids": np.array(self._ids, dtype=np.str_),
             "history_json": np.array(json.dumps(self._history)),
         }
-        tmp_path = f"{path}.tmp-{os.getpid()}"
-        try:
-            # Writing through a file object stops np.savez from appending ".npz" to the name.
-            with open(tmp_path, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_path, path)
-        finally:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
+        atomic_write_npz(path, compressed=True, **arrays)
 
     @classmethod
     def load(cls, path) -> "LabelPool":
