@@ -9,6 +9,9 @@ unpickler (tensors, dicts, lists, tuples, numbers, strings), so everything we sa
 included -- is made of those. A file with a valid checksum that holds anything else (a pickle
 that would call a function on loading) is UnsafeCheckpoint: refused, naming the file, never
 skipped like a damaged one, since a valid checksum means someone wrote it on purpose.
+
+`read_state_dict` is the one reader of weights files: a run's checksummed ones, and plain state
+dicts from elsewhere (evaluate.py --weights, a backbone's pretrained file), under the same rule.
 """
 from __future__ import annotations
 
@@ -90,6 +93,59 @@ def load_verified(path, map_location="cpu"):
                                f"code writes never do; remove the file)") from None
     except Exception as err:  # a checksum-valid file that still fails to unpickle is corrupt too
         raise CorruptCheckpoint(f"{path}: cannot be loaded: {err}") from err
+
+
+# How read_state_dict treats a run's checksummed file (save_verified, {"model": state dict}).
+CHECKSUM_MODES = ("required", "if_present", "ignored")
+
+
+def read_state_dict(path, *, checksum: str, wrappers: tuple[str, ...] = ()) -> dict:
+    """The state dict (parameter name -> tensor) a weights file holds, read without running code.
+
+    `checksum` says which files are accepted:
+      "required"    a run's own file: verified against its `.sha256` (CorruptCheckpoint or
+                    UnsafeCheckpoint otherwise), its "model" entry returned;
+      "if_present"  such a file when its `.sha256` is beside it, else a plain state dict (a file
+                    given by path: evaluate.py --weights);
+      "ignored"     a plain state dict, whatever lies beside it (a backbone's pretrained weights).
+    A plain file is read with torch's weights-only unpickler and must be a non-empty dict of
+    tensors, or hold one under the first key of `wrappers` it has (as other codebases save
+    {"state_dict": ...}). Anything else is a ValueError naming the file."""
+    if checksum not in CHECKSUM_MODES:
+        raise ValueError(f"read_state_dict: checksum must be one of {CHECKSUM_MODES}, got {checksum!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if checksum == "required" or (checksum == "if_present" and Path(f"{path}.sha256").is_file()):
+        obj = load_verified(path)
+        if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+            raise ValueError(f"{path}: checksummed file holds no 'model' state dict")
+        return obj["model"]
+    obj = _load_plain(path)
+    for key in wrappers:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        under = f", or one under {' / '.join(repr(k) for k in wrappers)}" if wrappers else ""
+        hint = (" (a run's weights.pth needs its .sha256 file beside it)"
+                if checksum == "if_present" and isinstance(obj, dict) and "model" in obj else "")
+        raise ValueError(f"weights file {path} holds no state dict (expected a dict of parameter name -> "
+                         f"tensor{under}){hint}")
+    return obj
+
+
+def _load_plain(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's text would suggest weights_only=False, which could run code
+        raise ValueError(f"refused weights file {path}: not a plain PyTorch state dict (torch.load with "
+                         f"weights_only=True refused it: not a torch file, or it pickles Python objects besides "
+                         f"tensors, and loading those could run code); save a plain state dict: "
+                         f"torch.save(model.state_dict(), path)") from None
+    except Exception as err:  # not a torch file at all (cut short, another format): torch says why at length
+        raise ValueError(f"cannot read weights file {path}: not a plain PyTorch state dict "
+                         f"({' '.join(str(err).split())[:200]})") from None
 
 
 def _refused_object(err: Exception) -> str:

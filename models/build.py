@@ -26,28 +26,36 @@ def make_model(model_cfg, num_classes: int, *, rep_head: bool, noise: bool, pret
                        stochastic_depth=m.stochastic_depth if noise and resnet else 0.0)
 
 
+class WeightsMismatch(RuntimeError):
+    """A state dict whose keys or shapes differ from the model's (torch's message lists them)."""
+
+
 def transfer_weights(model, state: dict) -> None:
     """Load a previous stage's weights. Every key must match, except the representation head,
     which exists only when ReCo is on: a student with the head and a teacher without keeps its
-    fresh head (and the reverse drops the teacher's). Anything else is an error."""
+    fresh head (and the reverse drops the teacher's). Anything else is WeightsMismatch."""
     own = model.state_dict()
     is_rep = lambda k: k.startswith(REP_HEAD)  # noqa: E731
     merged = {k: v for k, v in state.items() if not is_rep(k) or k in own}
     for k in own:
         if is_rep(k) and k not in merged:
             merged[k] = own[k]
-    model.load_state_dict(merged)  # strict: any other difference raises
+    try:
+        model.load_state_dict(merged)  # strict: any other difference raises
+    except RuntimeError as err:  # told apart from other RuntimeErrors (a device out of memory, ...)
+        raise WeightsMismatch(str(err)) from err
 
 
 def load_weights(path: Path) -> dict:
-    return ckpt.load_verified(path)["model"]
+    """A finished stage's weights.pth (checksummed, written by this code)."""
+    return ckpt.read_state_dict(path, checksum="required")
 
 
 def inference_model(model_cfg, num_classes: int, state: dict, device: torch.device, *, channels_last: bool):
     """The model that predicts only (no representation head), strictly loaded from `state`, in
     eval mode on `device`; channels_last as in training, so its numbers equal the run's own."""
     model = make_model(model_cfg, num_classes, rep_head=False, noise=False, pretrained="none")
-    transfer_weights(model, state)  # strict: a mismatch raises RuntimeError naming the keys
+    transfer_weights(model, state)  # strict: a mismatch raises WeightsMismatch naming the keys
     model.to(device).eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)

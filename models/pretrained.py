@@ -9,12 +9,13 @@ classification layers DeepLabv3+ does not have, and they are listed here explici
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Dict, List
 
 import torch
 import torch.nn as nn
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights
+
+from core.checkpoint import read_state_dict
 
 from .efficientnet_lite import CLASSIFIER_PREFIXES as EFFICIENTNET_CLASSIFIER_PREFIXES
 
@@ -83,26 +84,8 @@ def _fetch_imagenet_state(backbone_name: str) -> Dict[str, torch.Tensor]:
 
 
 def read_state_file(path: str) -> Dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's text would suggest weights_only=False, which could run code
-        raise ValueError(f"refused weights file {path}: it holds Python objects besides tensors, and loading "
-                         f"it could run code; use a plain state dict (torch.save(model.state_dict(), path))") from None
-    except Exception as err:  # not a torch file at all (truncated, another format)
-        raise ValueError(f"cannot read weights file {path}: {' '.join(str(err).split())[:200]}") from None
-    if isinstance(obj, dict):
-        for wrapper_key in ("state_dict", "model"):
-            if wrapper_key in obj and isinstance(obj[wrapper_key], dict):
-                obj = obj[wrapper_key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"weights file {path} holds no state dict (expected a dict of tensors, or one under "
-            f"'state_dict' / 'model')"
-        )
-    return obj
+    """A local backbone weights file: a plain state dict, or one under 'state_dict' / 'model'."""
+    return read_state_dict(path, checksum="ignored", wrappers=("state_dict", "model"))
 
 
 def _short(keys: List[str]) -> str:
