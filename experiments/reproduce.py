@@ -18,11 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.config import read_with_bases  # noqa: E402
 from experiments.run_summaries import normalize_config_name  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,47 +40,6 @@ TABLE_CONFIGS = {
     + ["cpu/camvid/row6_random", "cpu/camvid/supervised_full"],
 }
 
-_ABSENT = object()
-
-
-def _load_yaml_mapping(path):
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return data
-
-
-def _top_level_value(path, key, chain=()):
-    """The value of a top-level key after `_base_` inheritance, or _ABSENT.
-
-    `_base_` is a path or list of paths relative to the YAML file; later bases override
-    earlier ones and the file's own keys override all bases.
-    """
-    path = Path(path).resolve()
-    if path in chain:
-        cycle = " -> ".join(str(p) for p in chain + (path,))
-        raise ValueError(f"_base_ cycle: {cycle}")
-    if not path.is_file():
-        where = f" (a _base_ of {chain[-1]})" if chain else ""
-        raise FileNotFoundError(f"config file not found: {path}{where}")
-    data = _load_yaml_mapping(path)
-    if key in data:
-        return data[key]
-    bases = data.get("_base_") or []
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ValueError(f"{path}: '_base_' must be a path or a list of paths")
-    for base in reversed(bases):
-        value = _top_level_value(path.parent / base, key, chain + (path,))
-        if value is not _ABSENT:
-            return value
-    return _ABSENT
-
-
 def config_path(name, configs_dir):
     return Path(configs_dir) / f"{name}.yaml"
 
@@ -91,8 +49,8 @@ def read_init_from(name, configs_dir):
     path = config_path(name, configs_dir)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path} (config '{name}')")
-    value = _top_level_value(path, "init_from")
-    if value is _ABSENT or value is None:
+    value = read_with_bases(path).get("init_from")  # core/config.py's `_base_` rule, as training reads it
+    if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{path}: 'init_from' must be a config name or null, got {value!r}")
