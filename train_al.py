@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from core import distributed  # noqa: E402
 from al.oracle import AwaitingLabels  # noqa: E402
 from al.experiment import open_experiment  # noqa: E402
-from core.cli import (EXIT_AWAITING_LABELS, exit_on_input_error, exit_on_setup_error,  # noqa: E402
+from core.cli import (EXIT_AWAITING_LABELS, exit_on_input_error, setup_or_exit,  # noqa: E402
                       load_config_or_exit, parse_args)
 from al.rundir import interrupted_message  # noqa: E402
 
@@ -34,8 +34,7 @@ def main() -> None:
     cfg = load_config_or_exit(args)
     ctx = distributed.setup(cfg.runtime.device, cfg.runtime.dist_timeout_minutes)
     with exit_on_input_error():  # bad input found mid-run (e.g. an unsafe checkpoint): one error line
-        with exit_on_setup_error():  # bad config, data, weights or output folder: one error line
-            exp = open_experiment(args, cfg, ctx)  # None after --dry-run
+        exp = setup_or_exit(open_experiment, args, cfg, ctx)  # checks, then the run directory; None after --dry-run
         if exp is None:
             return
         interrupted = False

@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from core import distributed  # noqa: E402
 from al.experiment import open_experiment  # noqa: E402
-from core.cli import exit_on_input_error, exit_on_setup_error, fail, load_config_or_exit, parse_args  # noqa: E402
+from core.cli import exit_on_input_error, setup_or_exit, fail, load_config_or_exit, parse_args  # noqa: E402
 
 
 def main() -> None:
@@ -30,8 +30,7 @@ def main() -> None:
         fail("stages: train_ssl.py does not query labels; use train_al.py for query stages")
     ctx = distributed.setup(cfg.runtime.device, cfg.runtime.dist_timeout_minutes)
     with exit_on_input_error():  # bad input found mid-run (e.g. an unsafe checkpoint): one error line
-        with exit_on_setup_error():  # bad config, data, weights or output folder: one error line
-            exp = open_experiment(args, cfg, ctx)  # None after --dry-run
+        exp = setup_or_exit(open_experiment, args, cfg, ctx)  # checks, then the run directory; None after --dry-run
         if exp is None:
             return
         split = exp.initial_pool()  # labeled split: whole images; the rest unlabeled

@@ -73,14 +73,13 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-@contextlib.contextmanager
-def exit_on_setup_error() -> Iterator[None]:
-    """Around a run's checks and start: a bad config, data set, weights file or output folder
-    (ValueError, OSError) becomes `fail(message)`: one `error:` line, exit code 2, before any
-    stage runs. Mid-run errors are `exit_on_input_error`'s: there only bad-input kinds are
+def setup_or_exit(setup, *args):
+    """`setup(*args)`, a run's checks and start: a bad config, data set, weights file or output
+    folder (ValueError, OSError) becomes `fail(message)`: one `error:` line, exit code 2, before
+    any stage runs. Mid-run errors are `exit_on_input_error`'s: there only bad-input kinds are
     turned into a line, and everything else is a bug that keeps its traceback."""
     try:
-        yield
+        return setup(*args)
     except (ValueError, OSError) as err:
         fail(str(err))
 
