@@ -16,7 +16,8 @@ import yaml
 
 from core import distributed as dist_utils
 from core.config import ConfigError, save_config
-from core.io import atomic_write_json, read_json, remove_stale_temporaries
+from core.errors import InputError
+from core.io import atomic_write_json, read_json, remove_stale_temporaries, writable_folder
 
 # Keys that change how a run is executed, not what it computes: resuming with other values is fine.
 _EXECUTION_ONLY = {("data", "workers"), ("runtime", "log_every"), ("runtime", "checkpoint_every"),
@@ -96,13 +97,10 @@ def check_output_dir(cfg, overwrite: bool) -> None:
         elif root.is_dir() and any(root.iterdir()):
             raise ConfigError(f"output_dir {root} exists, is not empty and has no config.yaml, so it is not a "
                               f"run directory; refusing to write into it (choose another output_dir)")
-    parent = root
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"output_dir {root}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"output_dir {root}: {parent} is not writable")
+    try:
+        writable_folder(root)
+    except InputError as err:
+        raise ConfigError(f"output_dir {err}") from None
 
 
 class RunDirectory:

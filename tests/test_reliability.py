@@ -204,7 +204,7 @@ BAD_INPUTS = [
     ("init_from unknown", ["init_from=table1/camvid/row42"], None, "table1/camvid/row42"),
     ("zero epochs", ["stages.teacher.epochs=0"], None, "stages.teacher.epochs"),
     ("unknown labeled id", ["data.labeled_split=LABELS"], None, "nope"),
-    ("output dir is a file", ["output_dir=FILE/run"], None, "is a file, not a directory"),
+    ("output dir is a file", ["output_dir=FILE/run"], None, "is a file, not a folder"),
 ]
 
 
