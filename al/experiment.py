@@ -260,7 +260,7 @@ class Experiment:
         # Seed per stage (same on every rank): a stage's fresh weights and noise do not depend on
         # whether earlier stages ran in this process or were loaded after a restart.
         seed_everything(self.cfg.seed * 100 + index)
-        model = fresh_model(self.cfg, stage, self.pool_src.num_classes, teacher_state)
+        model = fresh_model(self.cfg.model, stage, self.pool_src.num_classes, teacher_state)
         labeled_view, pseudo_view = self.views(pool, stage_dir / "pseudo" if pseudo is not None else None,
                                                self.human_labels(index + 1))
         extra = {"pool": {"labeled_pixel_pct": self.labeled_pct(pool),
@@ -318,7 +318,7 @@ class Experiment:
 def open_experiment(args, cfg, ctx) -> Experiment | None:
     """Check everything that can be checked before a run directory exists (config, data, weights,
     init_from, output dir: `RunPlan`), then start the run. Bad input raises (ValueError, OSError;
-    the scripts' `exit_on_setup_error` makes it one `error:` line and exit code 2).
+    the scripts' `setup_or_exit` makes it one `error:` line and exit code 2).
     Returns None after a --dry-run, which only prints what the run would do."""
     plan = RunPlan(cfg, ctx, dry_run=args.dry_run, overwrite=args.overwrite, overrides=args.overrides,
                    partial_import=getattr(args, "import_partial", False))

@@ -1,5 +1,5 @@
 """Pictures for people (TensorBoard panels, query_vis/, annotation previews): the data panels of
-query/visualize.py and core/logger.colorize, enlarged to a legible size, with column titles,
+query/visualize.py and datasets/classes.colorize, enlarged to a legible size, with column titles,
 a colour bar and legends. The arrays that are data (label PNGs, scores) never go through here."""
 from __future__ import annotations
 
