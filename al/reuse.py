@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from al.rundir import RunDirectory, comparable_config
-from core.config import ConfigError, load_config
+from core.config import ConfigError, load_config, with_new_defaults
 from core.io import atomic_folder
 
 def _without(cfg_dict: dict, keys) -> dict:
@@ -17,7 +17,7 @@ def _without(cfg_dict: dict, keys) -> dict:
 
 # Query settings that only matter once a query stage runs: a run whose shared prefix has no
 # query stage may reuse it even if these differ (e.g. the random-query baseline).
-_QUERY_ONLY = ("strategy", "selection", "regions_per_image", "budget_pct", "vis_images", "oracle")
+_QUERY_ONLY = ("strategy", "selection", "regions_per_image", "budget_pct", "vis_images", "oracle", "mc_passes")
 
 
 def reusable_stages(cfg, overrides=()) -> tuple[Path | None, list[str]]:
@@ -40,7 +40,7 @@ def reusable_stages(cfg, overrides=()) -> tuple[Path | None, list[str]]:
         raise ConfigError(f"init_from: {saved}: not a readable config ({err})") from None
     if not isinstance(theirs, dict) or not isinstance(theirs.get("stages"), dict):
         raise ConfigError(f"init_from: {saved}: not a run's saved config (no 'stages' mapping)")
-    return source_dir, shared_stages(cfg.to_dict(), theirs, source_dir)
+    return source_dir, shared_stages(cfg.to_dict(), with_new_defaults(theirs), source_dir)
 
 
 def _init_from_output_dir(cfg, overrides) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from core import distributed as dist_utils
-from core.config import ConfigError, save_config
+from core.config import ConfigError, save_config, with_new_defaults
 from core.errors import InputError
 from core.io import atomic_write_json, read_json, remove_stale_temporaries, writable_folder
 
@@ -86,7 +86,7 @@ def check_output_dir(cfg, overwrite: bool) -> None:
     if root.exists() and not overwrite:
         if root.is_dir() and saved.is_file():
             previous = guard.read_record(saved, _read_saved_config, lambda: f"restore it, or {guard.describe_overwrite(root)}")
-            previous, current = comparable_config(previous), comparable_config(cfg.to_dict())
+            previous, current = comparable_config(with_new_defaults(previous)), comparable_config(cfg.to_dict())
             if grows(previous, current):  # a campaign with more query cycles continues in place
                 previous, current = {**previous, "stages": None}, {**current, "stages": None}
             diffs = _differences(previous, current)

@@ -564,6 +564,28 @@ def _check_folder_data(data: dict, fail) -> None:
             fail(key, str(err).removeprefix(f"{key}: "))
 
 
+def with_new_defaults(saved: dict) -> dict:
+    """A run's saved config with the keys added to the schema since it was written, at their
+    defaults. A key is only ever added with the default that does what the code did before it
+    existed (e.g. query.mc_passes, used by a strategy that did not exist), so an older run compares
+    equal to the same config today. Keys the schema no longer has are kept: they still differ."""
+    def fill(tree: dict, schema: dict) -> dict:
+        out = dict(tree)
+        for key, field in schema.items():
+            if isinstance(field, dict):
+                if isinstance(out.get(key), dict):
+                    out[key] = fill(out[key], field)
+            elif isinstance(field, Field) and key not in out and not field.required:
+                out[key] = field.default
+        return out
+
+    filled = fill(saved, SCHEMA)
+    if isinstance(filled.get("stages"), dict):
+        filled["stages"] = {name: fill(stage, STAGE_SCHEMA) if isinstance(stage, dict) else stage
+                            for name, stage in filled["stages"].items()}
+    return filled
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     from core.io import atomic_write_text
     atomic_write_text(path, dump_config(cfg))

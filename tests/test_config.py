@@ -118,3 +118,27 @@ def test_dump_round_trips(tree):
     cfg = load_config(str(cfg_file))
     again = yaml.safe_load(dump_config(cfg))
     assert again == cfg.to_dict()
+
+
+def test_a_run_saved_before_a_key_existed_resumes_and_a_changed_value_still_does_not(tmp_path):
+    from al.rundir import check_output_dir
+    from core.config import with_new_defaults
+    cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}"])
+    older = cfg.to_dict()
+    del older["query"]["mc_passes"]           # written by the code before query.mc_passes existed
+    del older["stages"]["student"]["eval_every"]
+    assert with_new_defaults(older) == cfg.to_dict()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
+    check_output_dir(cfg, overwrite=False)    # the same run: it resumes
+    changed = load_config("demo", [f"output_dir={tmp_path / 'run'}", "query.mc_passes=4"])
+    with pytest.raises(ConfigError, match=r"query.mc_passes: '<absent>' -> 4|query.mc_passes: 8 -> 4"):
+        check_output_dir(changed, overwrite=False)
+
+
+def test_init_from_reuses_the_stages_before_the_first_query_whatever_mc_passes_says(tmp_path):
+    from al.reuse import shared_stages
+    ours = load_config("demo").to_dict()
+    theirs = load_config("demo", ["query.mc_passes=4"]).to_dict()
+    assert shared_stages(ours, theirs, tmp_path) == ["teacher", "student"]  # query1 used the query settings
+    assert shared_stages(ours, load_config("demo").to_dict(), tmp_path) == ["teacher", "student", "query1", "query2"]

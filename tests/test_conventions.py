@@ -87,8 +87,8 @@ def test_the_query_figure_holds_the_panel_enlarged_under_its_titles():
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     new = np.zeros(grid.shape, bool)
     new[1, 2] = True
-    panel = query_panel(image, np.full((48, 64), 0.5), grid, np.zeros(grid.shape, bool), new, entropy_max=1.0)
-    figure, big = query_figure(panel, 1.0), enlarge(panel)
+    panel = query_panel(image, np.full((48, 64), 0.5), grid, np.zeros(grid.shape, bool), new, score_max=1.0)
+    figure, big = query_figure(panel, 1.0, "per-pixel entropy", "entropy (nats)"), enlarge(panel)
     assert big.shape[0] >= 360 and big.shape[0] % 48 == 0
     np.testing.assert_array_equal(big[::big.shape[0] // 48, ::big.shape[0] // 48], panel)  # nearest, integer factor
     half = big.shape[1] // 2

@@ -18,6 +18,7 @@ from engine.evaluation import evaluate
 from engine.inference import predict_probs
 from al.pseudo import pseudo_label_file, pseudo_label_pass
 from query.pool import RegionGrid
+from query.strategies import get_strategy
 
 C = 5
 
@@ -202,8 +203,8 @@ def test_pseudo_pass_writes_thresholded_labels_and_cell_entropy_by_hand(tiny_sou
         cfg.pseudo.batch_size = batch_size
         out_dir = tmp_path / f"b{batch_size}"
         out = pseudo_label_pass(net, tiny_source, [0, 2], cfg, DistContext(), amp="none",
-                                out_dir=out_dir, grid=grid, keep_entropy_for=[2])
-        assert sorted(out["scores"]) == [0, 2] and sorted(out["entropy"]) == [2]
+                                out_dir=out_dir, grid=grid, strategy=get_strategy("entropy"), keep_maps_for=[2])
+        assert sorted(out["scores"]) == [0, 2] and sorted(out["maps"]) == [2]
         for i in (0, 2):
             img, _ = tiny_source.read(i)
             with torch.no_grad():
@@ -221,4 +222,4 @@ def test_pseudo_pass_writes_thresholded_labels_and_cell_entropy_by_hand(tiny_sou
                               for r in range(0, 24, 10)])
             assert np.allclose(out["scores"][i], cells, atol=1e-5)
             if i == 2:  # kept for the query panels, as float16
-                assert np.allclose(out["entropy"][2].astype(np.float64), entropy, atol=2e-3)
+                assert np.allclose(out["maps"][2].astype(np.float64), entropy, atol=2e-3)
