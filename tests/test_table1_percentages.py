@@ -33,7 +33,7 @@ def labeled_pct_after_queries(name: str) -> list[float]:
             continue
         scored = {"scores": rng.random((len(ids), *grid.shape)).astype(np.float32),
                   "has_scores": ~pool.cells.reshape(len(ids), -1).all(axis=1)}
-        new, budget = Experiment._select(fake, index, pool, scored)
+        new, budget, _ = Experiment._select(fake, index, pool, scored)
         pool = pool.reveal(new, budget)
         out.append(100.0 * pool.labeled_pixel_fraction())
     return out
