@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from core import distributed  # noqa: E402
 from al.oracle import AwaitingLabels  # noqa: E402
-from al.experiment import open_experiment  # noqa: E402
+from al.experiment import open_experiment, run_stages  # noqa: E402
 from core.cli import (EXIT_AWAITING_LABELS, exit_on_input_error, setup_or_exit,  # noqa: E402
                       load_config_or_exit, parse_args)
 from al.rundir import interrupted_message  # noqa: E402
@@ -39,7 +39,7 @@ def main() -> None:
             return
         interrupted = False
         try:
-            run_stages(exp, cfg)
+            run_stages(exp)
         except AwaitingLabels:  # query.oracle=human: the task is written, summary.json says so
             exp.logger.close()
             distributed.cleanup()
@@ -52,23 +52,6 @@ def main() -> None:
             raise SystemExit(130)
     distributed.cleanup()
 
-
-def run_stages(exp, cfg) -> None:
-    """The paper's loop: every stage in order, finished ones loaded instead of recomputed."""
-    pool = exp.initial_pool()  # 10% of the images, fully labeled
-    teacher = None
-    for index, (name, stage) in enumerate(cfg.stages.items()):
-        finished = exp.finished_stage(index, name)
-        if finished is not None:
-            pool, teacher = finished
-            continue
-        pseudo = None
-        if stage.kind != "supervised":
-            pseudo = exp.pseudo_label(index, name, teacher, pool, score=stage.kind == "query")
-        if stage.kind == "query":
-            pool = exp.query(index, name, pool, pseudo)
-        teacher = exp.train(index, name, stage, pool, teacher, pseudo)  # the student becomes the teacher
-    exp.finish()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from core import distributed  # noqa: E402
-from al.experiment import open_experiment  # noqa: E402
+from al.experiment import open_experiment, run_stages  # noqa: E402
 from core.cli import exit_on_input_error, setup_or_exit, fail, load_config_or_exit, parse_args  # noqa: E402
 
 
@@ -33,16 +33,7 @@ def main() -> None:
         exp = setup_or_exit(open_experiment, args, cfg, ctx)  # checks, then the run directory; None after --dry-run
         if exp is None:
             return
-        split = exp.initial_pool()  # labeled split: whole images; the rest unlabeled
-        teacher = None
-        for index, (name, stage) in enumerate(cfg.stages.items()):
-            finished = exp.finished_stage(index, name)
-            if finished is not None:
-                split, teacher = finished
-                continue
-            pseudo = None if stage.kind == "supervised" else exp.pseudo_label(index, name, teacher, split, score=False)
-            teacher = exp.train(index, name, stage, split, teacher, pseudo)  # the student becomes the teacher
-        exp.finish()
+        run_stages(exp)  # teacher, then each self-training round's student
     distributed.cleanup()
 
 

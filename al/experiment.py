@@ -330,6 +330,25 @@ def open_experiment(args, cfg, ctx) -> Experiment | None:
     return exp
 
 
+def run_stages(exp: Experiment) -> None:
+    """The paper's loop: every stage in order, finished ones loaded instead of recomputed. Without
+    query stages (train_ssl.py) it is the semi-supervised trainer: teacher, then student rounds."""
+    pool = exp.initial_pool()  # 10% of the images (or data.labeled_split), fully labeled
+    teacher = None
+    for index, (name, stage) in enumerate(exp.cfg.stages.items()):
+        finished = exp.finished_stage(index, name)
+        if finished is not None:
+            pool, teacher = finished
+            continue
+        pseudo = None
+        if stage.kind != "supervised":
+            pseudo = exp.pseudo_label(index, name, teacher, pool, score=stage.kind == "query")
+        if stage.kind == "query":
+            pool = exp.query(index, name, pool, pseudo)
+        teacher = exp.train(index, name, stage, pool, teacher, pseudo)  # the student becomes the teacher
+    exp.finish()
+
+
 def seed_everything(seed: int) -> None:
     import random
     random.seed(seed)
