@@ -157,7 +157,7 @@ REGION = 16  # the demo's 16x16 regions on 96x128 images
 
 
 def _demo(base, name, *extra):
-    from tests.pipeline_helpers import run_script
+    from tests.helpers import run_script
     return run_script("train_al.py", "demo", *DEMO, f"data.root={base / 'data'}", f"output_dir={base / name}", *extra)
 
 
@@ -297,7 +297,7 @@ def test_a_bad_annotation_is_one_error_line_and_changes_nothing(bad_file_runs, c
 
 @pytest.mark.slow
 def test_an_annotator_copying_the_ground_truth_ends_like_the_ground_truth_run(gt_run, imported):
-    from tests.pipeline_helpers import assert_same_weights, final_weights
+    from tests.helpers import assert_same_weights, final_weights
     gt = json.loads((gt_run / "summary.json").read_text())
     human = json.loads((imported / "summary.json").read_text())
     assert human["finished"] is True
@@ -311,7 +311,7 @@ def test_an_annotator_copying_the_ground_truth_ends_like_the_ground_truth_run(gt
 
 @pytest.mark.slow
 def test_the_annotators_labels_not_the_ground_truth_are_what_the_run_learns_from(demo_base, gt_run):
-    from tests.pipeline_helpers import final_weights
+    from tests.helpers import final_weights
     truth = _ground_truth(demo_base)
     first = _demo(demo_base, "other", "query.oracle=human")
     assert first.returncode == 3, first.stderr[-3000:]  # waiting for labels
@@ -362,7 +362,7 @@ def campaign(demo_base):
     steps["waiting summary"] = json.loads((run / "summary.json").read_text())
     steps["partial"] = _demo(demo_base, "campaign", "query.oracle=human", "--import-partial")
     grown = [a for a in DEMO if a != "stages.query2=null"] + ["stages.query2.epochs=1"]
-    from tests.pipeline_helpers import run_script
+    from tests.helpers import run_script
     steps["grown"] = run_script("train_al.py", "demo", *grown, f"data.root={demo_base / 'data'}",
                                 f"output_dir={run}", "query.oracle=human")
     return {"run": run, "steps": steps, "labelled": labelled, "items": [i["id"] for i in manifest["items"]]}

@@ -28,7 +28,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.pipeline_helpers import REPO, run_script, write_config
+from tests.helpers import REPO, run_script, write_config
 
 pytestmark = pytest.mark.slow
 

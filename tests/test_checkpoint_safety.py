@@ -17,7 +17,7 @@ import torch
 
 from core import checkpoint as ckpt
 from models.build import load_weights
-from tests.pipeline_helpers import run_script, write_config
+from tests.helpers import run_script, write_config
 
 
 class _RunsCode:

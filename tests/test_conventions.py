@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.pipeline_helpers import REPO, write_config
+from tests.helpers import REPO, write_config
 
 
 def test_mean_class_accuracy_against_a_hand_count():

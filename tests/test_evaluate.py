@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from datasets.decode import read_label_png
-from tests.pipeline_helpers import REPO
+from tests.helpers import REPO
 
 MEAN = np.array([0.485, 0.456, 0.406]) * 255   # ImageNet statistics, written out independently
 STD = np.array([0.229, 0.224, 0.225]) * 255

@@ -16,7 +16,7 @@ from datasets import PALETTE, build_source
 from datasets.decode import read_label_png
 from core.config import ConfigError, load_config
 from datasets.classes import colorize
-from tests.pipeline_helpers import AL_STAGES, REPO, TINY, run_script
+from tests.helpers import AL_STAGES, REPO, TINY, run_script
 from tests.test_datasets import write_gray, write_rgb
 
 CLASSES = ["ground", "wall", "plant"]

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from benchmarks import gpu_check, host_syncs
-from tests.pipeline_helpers import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 
 from core.errors import InputError
 from core.io import atomic_folder, atomic_write_text, remove_stale_temporaries, writable_folder
-from tests.pipeline_helpers import REPO
+from tests.helpers import REPO
 
 # al/guard.py's rule for the temporaries a run directory may hold, written out here independently.
 TEMPORARY = re.compile(r"^\..+\.tmp-.+$")

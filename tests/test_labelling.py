@@ -190,15 +190,15 @@ def _annotation(image_id):
 
 @pytest.mark.slow
 def test_a_real_label_studio_server_round_trip(task_dir, tmp_path):
-    from tests import labelstudio_server
-    exe = labelstudio_server.executable()
+    from tests.helpers import LabelStudioServer, label_studio_executable
+    exe = label_studio_executable()
     if exe is None:
         pytest.skip("label-studio is not installed (.ci/run installs it into .ci-ls-venv)")
     assert _run("export", task_dir.parent, "--document-root", tmp_path) == 0
     started = time.time()
     data_dir = tmp_path / "ls"
     data_dir.mkdir()
-    server = labelstudio_server.Server(exe, data_dir, document_root=tmp_path)
+    server = LabelStudioServer(exe, data_dir, document_root=tmp_path)
     try:
         project = server.api("POST", "/api/projects", json={
             "title": "s4al query1", "label_config": (task_dir.parent / "labelstudio_config.xml").read_text()})

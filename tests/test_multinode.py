@@ -16,7 +16,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from core import distributed
-from tests.pipeline_helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, pool_cells,
+from tests.helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, pool_cells,
                                     query_alone_from, write_config)
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from query.pool import LabelPool
-from tests.pipeline_helpers import AL_STAGES, leftover_temporaries, run_script, write_config
+from tests.helpers import AL_STAGES, leftover_temporaries, run_script, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_query_reveals_the_top_entropy_cells_and_accounts_pixels_exactly(al_run)
 
 
 def test_each_stage_records_its_throughput(al_run):
-    # student: 1 epoch x 3 steps of 1 labeled + 2 pseudo-labeled images (tests/pipeline_helpers.py)
+    # student: 1 epoch x 3 steps of 1 labeled + 2 pseudo-labeled images (tests/helpers.py)
     expected = {"00_teacher": (6, 2), "01_student": (3, 3), "02_query1": (6, 3)}
     for stage, (steps, batch) in expected.items():
         got = json.loads((al_run["run"] / stage / "metrics.json").read_text())["train"]["throughput"]

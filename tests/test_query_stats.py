@@ -136,7 +136,7 @@ def test_selected_regions_do_not_depend_on_the_labels_of_unlabeled_images(al_run
     """The same student and scores, but every unlabeled image's label is void: the query must
     pick exactly the same regions (a query step has no labels of unlabeled images)."""
     from core.config import load_config, save_config
-    from tests.pipeline_helpers import run_script, write_config
+    from tests.helpers import run_script, write_config
     data = tmp_path / "data"
     shutil.copytree(al_run["data"], data)
     initial = LabelPool.load(al_run["run"] / "00_teacher" / "pool.npz")

@@ -12,7 +12,7 @@ import torch
 
 from datasets import build_source
 from datasets.synthetic import generate_synthetic
-from tests.pipeline_helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, leftover_temporaries,
+from tests.helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, leftover_temporaries,
                                     pool_cells, query_alone_from, run_script, write_config, write_ssl_config)
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,7 @@ def test_truncated_checkpoint_is_reported_and_the_previous_one_used(al_run, tmp_
 
 
 # --------------------------------------------------------------------------- two gloo ranks
-# DDP_STAGES and the `ddp_run` fixture (one uninterrupted 2-rank run) are in tests/pipeline_helpers.py
+# DDP_STAGES and the `ddp_run` fixture (one uninterrupted 2-rank run) are in tests/helpers.py
 # and tests/conftest.py: tests/test_multinode.py compares a two-node run with the same run.
 
 

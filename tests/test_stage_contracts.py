@@ -18,7 +18,7 @@ from core.config import load_config
 from engine.data import source
 from models.build import make_model
 from query.pool import LabelPool
-from tests.pipeline_helpers import noise_free_model, run_script, softmax_of_image, stage_weights, write_config
+from tests.helpers import noise_free_model, run_script, softmax_of_image, stage_weights, write_config
 
 pytestmark = pytest.mark.slow
 

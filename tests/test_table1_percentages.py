@@ -14,7 +14,7 @@ import yaml
 from core.config import load_config
 from al.experiment import Experiment
 from query.pool import LabelPool, RegionGrid
-from tests.pipeline_helpers import REPO
+from tests.helpers import REPO
 
 POOL_IMAGES = {"camvid": 367, "cityscapes": 2975}  # training images of the two data sets
 

@@ -23,7 +23,7 @@ from al.train_stage import fresh_model
 from engine import trainer
 from losses import objective
 from losses.reco import reco_loss
-from tests.pipeline_helpers import write_config
+from tests.helpers import write_config
 
 NUM_CLASSES = 11
 

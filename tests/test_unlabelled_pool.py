@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.pipeline_helpers import run_script
+from tests.helpers import run_script
 from tests.test_datasets import write_gray, write_rgb
 from tests.test_folder_dataset import CLASSES, folder
 
