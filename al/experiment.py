@@ -225,16 +225,20 @@ class Experiment:
 
     def _query_panels(self, index, name, pool, new, scored, scores) -> None:
         """query_vis/: the first query.vis_images images with the strategy's map and its colour
-        bar (0 .. the strategy's maximum, the same for every cycle)."""
+        bar (0 .. the strategy's maximum, the same for every cycle; or, for a strategy whose panel
+        scale is "observed", 0 .. the largest value of this query's pictured maps)."""
         if not self.ctx.is_main:
             return
         folder = self.run.stage_dir(index, name) / "query_vis"
         strategy = get_strategy(self.cfg.query.strategy)
+        pictured = np.flatnonzero(scored["has_scores"])[: self.cfg.query.vis_images].tolist()
+        maps = {i: strategy.panel_map(scored["maps"][i].astype(np.float32) if i in scored["maps"] else None,
+                                      scores[i], self.grid) for i in pictured}
         top = strategy.score_max(self.pool_src.num_classes)
-        for i in np.flatnonzero(scored["has_scores"])[: self.cfg.query.vis_images].tolist():
+        if strategy.panel_scale == "observed" and maps:
+            top = max(float(max(v.max() for v in maps.values())), 1e-6)  # all-zero maps: still a scale
+        for i, values in maps.items():
             image, _ = self.pool_src.read(i)
-            pixel_map = scored["maps"][i].astype(np.float32) if i in scored["maps"] else None
-            values = strategy.panel_map(pixel_map, scores[i], self.grid)
             panel = query_figure(query_panel(image, values, self.grid, pool.cells[i], new[i], score_max=top),
                                  top, strategy.map_title, strategy.bar_label)
             atomic_write_png(folder / f"{flat_name(self.pool_src.ids[i])}.png", panel)

@@ -29,5 +29,6 @@ def pixel_mutual_information(samples: torch.Tensor) -> torch.Tensor:
 
 
 STRATEGY = Strategy(name="bald", needs=MC_SAMPLES, map_title="per-pixel BALD mutual information (MC noise)",
-                    bar_label="mutual information (nats; max log C)", max_score=log_classes,
+                    bar_label="mutual information (nats; scale: the largest in this query's pictures)",
+                    max_score=log_classes, panel_scale="observed",
                     pixel_fn=pixel_mutual_information)

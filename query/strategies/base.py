@@ -37,6 +37,10 @@ class Strategy:
     bar_label: str               # label of its colour bar
     max_score: Callable[[int], float]  # num_classes -> the largest per-pixel score
     pixel_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # The panels' colour scale: "fixed" (0 .. max_score, comparable across cycles) or "observed"
+    # (0 .. the largest value among the query's pictured maps), for a score whose typical values
+    # are far below its maximum (BALD's mutual information: hundredths of a nat under log C).
+    panel_scale: str = "fixed"
 
     def score_max(self, num_classes: int) -> float:
         """The largest per-pixel score: the fixed top of the panels' colour scale, so panels of
