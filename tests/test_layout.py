@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 # Package -> the project packages it may import (besides itself).
 ALLOWED = {
     "core": set(),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import run_script
-from tests.test_datasets import write_gray, write_rgb
-from tests.test_folder_dataset import CLASSES, folder
+from tests.datasets.test_source import write_gray, write_rgb
+from tests.datasets.test_folder import CLASSES, folder
 
 H, W = 48, 64
 

@@ -12,9 +12,10 @@ from datasets import (CAMVID_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_LABELS, Eva
                       SegmentationView, ViewItem, WeakAug, build_source, full_view)
 from core.distributed import DistContext
 from engine.data import StreamDataset, stream_loader
+from tests.helpers import REPO, SHARED
 
-REAL_CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
-REPO_SPLITS = Path(__file__).resolve().parents[1] / "splits" / "cityscapes"
+REAL_CAMVID = SHARED / "data" / "camvid"
+REPO_SPLITS = REPO / "splits" / "cityscapes"
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> None:

@@ -3,7 +3,6 @@ normalisation the weights were trained with, stride-2 convs pad like TensorFlow'
 the output strides are right. Checks are against hand computations, not against our own code."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,8 @@ from models import build_model
 from models.availability import pretrained_status
 from models.efficientnet_lite import EfficientNetLite0Encoder, SamePadConv2d
 from models.pretrained import efficientnet_lite0_file, init_backbone
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DROPPED = ("_conv_head.", "_bn1.", "_fc.")  # written out here, not imported: the test's own list
 
 

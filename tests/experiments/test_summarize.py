@@ -13,8 +13,9 @@ from experiments.run_summaries import (
     labeled_pct_reaching, load_paper_results, load_runs, paper_config_names, read_summary)
 from experiments.summarize import main as summarize_main
 from experiments.summarize import summarize
+from tests.helpers import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = REPO
 PAPER_TEXT_DIR = Path("/work/shared/paper")
 
 # Spelled out here, independently of the code, from the project's list of configs.

@@ -17,7 +17,7 @@ from datasets.decode import read_label_png
 from core.config import ConfigError, load_config
 from datasets.classes import colorize
 from tests.helpers import AL_STAGES, REPO, TINY, run_script
-from tests.test_datasets import write_gray, write_rgb
+from tests.datasets.test_source import write_gray, write_rgb
 
 CLASSES = ["ground", "wall", "plant"]
 # Raw label values of the "own" data: class c is stored as 10 * (c + 1); 99 is the ignore value.

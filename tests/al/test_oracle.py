@@ -101,7 +101,7 @@ def test_class_pixels_count_the_labels_as_revealed(tiny):
 # ---------------------------------------------------------------- the report
 def test_report_compares_what_entropy_and_random_queries_reveal(tmp_path):
     from experiments.summarize import summarize
-    from tests.test_experiments import _stage, _write_summary
+    from tests.experiments.test_summarize import _stage, _write_summary
     runs = tmp_path / "runs"
     base = [_stage("teacher", "supervised", 10.0, 50.0), _stage("student", "self_train", 10.0, 52.0)]
     pool = {"sky": 600, "road": 300, "void": 100}
@@ -123,7 +123,7 @@ def test_report_compares_what_entropy_and_random_queries_reveal(tmp_path):
 
 def test_a_bad_class_pixel_count_names_the_file_and_key(tmp_path):
     from experiments.run_summaries import read_summary
-    from tests.test_experiments import _stage, _write_summary
+    from tests.experiments.test_summarize import _stage, _write_summary
     path = _write_summary(tmp_path, "r", "r", [{**_stage("q", "query", 12.0, 50.0),
                                                "queried_class_pixels": {"sky": -3}}])
     with pytest.raises(ValueError, match=r"summary.json: stages\[0\]: queried_class_pixels: 'sky'"):

@@ -11,20 +11,20 @@ import os
 import time
 import xml.etree.ElementTree as ET
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from al.annotate import AnnotationError, Task, read_annotations, write_task
+from tests.helpers import TEST_DATA
 
 brush = pytest.importorskip("label_studio_sdk.converter.brush", reason="pip install -r requirements-labelling.txt")
 
 CLASSES = ["road", "car", "tree"]
 PALETTE = [[128, 64, 128], [0, 0, 142], [107, 142, 35]]
 H, W = 48, 64
-FIXTURE = Path(__file__).parent / "data" / "labelstudio_export.json"
+FIXTURE = TEST_DATA / "labelstudio_export.json"
 
 
 def _regions(image_id):

@@ -8,10 +8,10 @@ import pytest
 
 from core.config import CONFIG_DIR, load_config
 from core.distributed import DistContext
+from tests.helpers import REPO
 
 CONFIGS = sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
                  for p in CONFIG_DIR.rglob("*.yaml") if "_base_" not in p.parts)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _png(path: Path, array: np.ndarray) -> None:

@@ -5,13 +5,14 @@ import platform
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO
+
 pytest.importorskip("torch.distributed._tools.mem_tracker")  # torch >= 2.5
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_estimate.py"
+SCRIPT = REPO / "benchmarks" / "memory_estimate.py"
 # --check reads /proc/self/statm and relies on glibc's MALLOC_MMAP_THRESHOLD_ returning freed
 # blocks to the OS at once; elsewhere the resident set says little about the step.
 CAN_MEASURE = sys.platform == "linux" and platform.libc_ver()[0] == "glibc" and os.path.exists("/proc/self/statm")
