@@ -1,6 +1,6 @@
 """The acquisition strategies, by the name `query.strategy` gives them. Adding one: a module with
 its `STRATEGY` (a query/strategies/base.py `Strategy`), an entry below, and its name in the choices of
-`query.strategy` (core/config.py; tests/query/test_acquisition.py checks that both lists agree)."""
+`query.strategy` (core/config.py; tests/query/test_strategies.py checks that both lists agree)."""
 from __future__ import annotations
 
 from . import bald, entropy, least_confidence, margin, random_regions
