@@ -1,18 +1,16 @@
-"""What the queries see and reveal: selection never reads ground truth, which image goes to which
-training view with which labels, the class pixels a query reveals, and the report's
-entropy-vs-random section. Expectations are worked out by hand on tiny hand-made pools."""
-import json
-import shutil
-
-import cv2
+"""al/oracle.py, what the queries see and reveal: which image goes to which training view with which
+labels (the data set's, revealed ground truth, pseudo, a person's), the class pixels a query
+reveals, and each image's newest human labels (copied along when a stage is reused). Expectations
+are worked out by hand on tiny hand-made pools."""
 import numpy as np
 import pytest
 
-from datasets import SegmentationView, ViewItem, build_source
-from core.distributed import DistContext
 from al.oracle import class_pixels, view_items
 from al.pseudo import pseudo_label_file
+from core.distributed import DistContext
+from datasets import SegmentationView, ViewItem, build_source
 from query.pool import LabelPool, RegionGrid
+from tests.helpers import write_png
 
 T, F = True, False
 
@@ -28,29 +26,24 @@ CELLS = np.array([[[T, T], [T, T]],    # 0: fully labeled from the start (datase
                   [[T, T], [T, T]]])   # 4: every cell revealed by a human
 
 
-def _write(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
-
-
 @pytest.fixture
 def tiny(tmp_path):
     for k in range(5):
-        _write(tmp_path / "data" / "train" / f"i{k}.png", np.full((4, 4, 3), 40 * k, np.uint8))
+        write_png(tmp_path / "data" / "train" / f"i{k}.png", np.full((4, 4, 3), 40 * k, np.uint8))
         label = np.full((4, 4), k + 1, np.uint8)
         if k == 2:
             label[2, 0] = 11  # CamVid's raw void
-        _write(tmp_path / "data" / "trainannot" / f"i{k}.png", label)
+        write_png(tmp_path / "data" / "trainannot" / f"i{k}.png", label)
     src = build_source("camvid", tmp_path / "data", "train")
     pseudo_dir = tmp_path / "pseudo"
     for k, value in ((1, 7), (2, 8), (3, 9)):
         pseudo = np.full((4, 4), value, np.uint8)
         pseudo[3, 3] = 255
-        _write(pseudo_label_file(pseudo_dir, f"i{k}"), pseudo)
+        write_png(pseudo_label_file(pseudo_dir, f"i{k}"), pseudo)
     human3 = np.full((4, 4), 255, np.uint8)
     human3[:, 2:] = 10
-    _write(tmp_path / "human" / "i3.png", human3)
-    _write(tmp_path / "human" / "i4.png", np.zeros((4, 4), np.uint8))
+    write_png(tmp_path / "human" / "i3.png", human3)
+    write_png(tmp_path / "human" / "i4.png", np.zeros((4, 4), np.uint8))
     human = {3: str(tmp_path / "human" / "i3.png"), 4: str(tmp_path / "human" / "i4.png")}
     pool = LabelPool(src.ids, RegionGrid(4, 4, (2, 2)), CELLS)
     return src, pool, pseudo_dir, human
@@ -98,66 +91,25 @@ def test_class_pixels_count_the_labels_as_revealed(tiny):
                                                  "bicyclist": 8}
 
 
-# ---------------------------------------------------------------- the report
-def test_report_compares_what_entropy_and_random_queries_reveal(tmp_path):
-    from experiments.summarize import summarize
-    from tests.experiments.test_summarize import _stage, _write_summary
-    runs = tmp_path / "runs"
-    base = [_stage("teacher", "supervised", 10.0, 50.0), _stage("student", "self_train", 10.0, 52.0)]
-    pool = {"sky": 600, "road": 300, "void": 100}
-    entropy = [{"sky": 10, "road": 30, "void": 0}, {"sky": 10, "road": 50, "void": 0}]
-    random = [{"sky": 40, "road": 20, "void": 20}, {"sky": 0, "road": 20, "void": 0}]
-    for name, cycles in (("table1/camvid/row6", entropy), ("table1/camvid/row6_random", random)):
-        queries = [{**_stage(f"query{i}", "query", 12.0, 55.0), "queried_class_pixels": c, "pool_class_pixels": pool}
-                   for i, c in enumerate(cycles)]
-        _write_summary(runs, name, name, base + queries)
-    report = summarize(runs)
-    section = report.split("## What the queries pick")[1].split("\n## ")[0]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")][1:]
-            for line in section.splitlines() if line.startswith("| ") and not line.startswith("| class")}
-    # entropy: 20 sky, 80 road of 100; random: 40 sky, 40 road, 20 void of 100; pool 60/30/10 %.
-    assert rows == {"sky": ["20.00", "40.00", "-20.00", "60.00"], "road": ["80.00", "40.00", "+40.00", "30.00"],
-                    "void": ["0.00", "20.00", "-20.00", "10.00"]}
-    assert "`table1/camvid/row6` vs `table1/camvid/row6_random`" in section
-
-
-def test_a_bad_class_pixel_count_names_the_file_and_key(tmp_path):
-    from experiments.run_summaries import read_summary
-    from tests.experiments.test_summarize import _stage, _write_summary
-    path = _write_summary(tmp_path, "r", "r", [{**_stage("q", "query", 12.0, 50.0),
-                                               "queried_class_pixels": {"sky": -3}}])
-    with pytest.raises(ValueError, match=r"summary.json: stages\[0\]: queried_class_pixels: 'sky'"):
-        read_summary(path)
-
-
-# ---------------------------------------------------------------- selection never reads ground truth
-@pytest.mark.slow
-def test_selected_regions_do_not_depend_on_the_labels_of_unlabeled_images(al_run, tmp_path):
-    """The same student and scores, but every unlabeled image's label is void: the query must
-    pick exactly the same regions (a query step has no labels of unlabeled images)."""
-    from core.config import load_config, save_config
-    from tests.helpers import run_script, write_config
-    data = tmp_path / "data"
-    shutil.copytree(al_run["data"], data)
-    initial = LabelPool.load(al_run["run"] / "00_teacher" / "pool.npz")
-    for i in range(len(initial)):
-        if not initial.cells[i].any():
-            label = data / "trainannot" / f"{initial.ids[i]}.png"
-            _write(label, np.full(cv2.imread(str(label), cv2.IMREAD_UNCHANGED).shape, 11, np.uint8))
-    run = tmp_path / "run"
-    cfg_file = write_config(tmp_path, "tiny_al", run, data)
-    overrides = ["data.dataset=camvid"]  # read the modified copy as it is (never regenerated)
-    run.mkdir()
-    save_config(load_config(str(cfg_file), overrides), run / "config.yaml")
-    for stage in ("00_teacher", "01_student"):  # the finished teacher and student, reused as they are
-        shutil.copytree(al_run["run"] / stage, run / stage)
-    result = run_script("train_al.py", cfg_file, *overrides, die_at="train_step:1")  # stop once selected
-    assert (run / "02_query1" / "pool.npz").is_file(), result.stdout[-2000:] + result.stderr[-2000:]
-    assert "already finished" in result.stdout
-    selected = LabelPool.load(run / "02_query1" / "pool.npz").cells
-    expected = LabelPool.load(al_run["run"] / "02_query1" / "pool.npz").cells
-    assert selected.sum() == expected.sum() > initial.cells.sum()
-    np.testing.assert_array_equal(selected, expected)
-    scores = np.load(run / "02_query1" / "pseudo_done.npz")["scores"]
-    np.testing.assert_array_equal(scores, np.load(al_run["run"] / "02_query1" / "pseudo_done.npz")["scores"])
-    assert json.loads((al_run["run"] / "summary.json").read_text())["finished"]
+# ---------------------------------------------------------------- each image's newest human labels
+def test_views_read_each_images_newest_human_labels_and_reuse_brings_them_along(tmp_path):
+    from al.oracle import copy_human_labels, human_label_paths
+    stages = [tmp_path / "run" / name for name in ("00_teacher", "01_query1", "02_query2")]
+    for stage, names in ((stages[1], ["a.png", "c__d.png"]), (stages[2], ["a.png"])):
+        (stage / "human_labels").mkdir(parents=True)
+        for name in names:
+            (stage / "human_labels" / name).write_bytes(stage.name.encode())
+    stages[0].mkdir()
+    ids = ["a", "b", "c/d"]
+    assert human_label_paths(stages, ids) == {0: str(stages[2] / "human_labels" / "a.png"),
+                                              2: str(stages[1] / "human_labels" / "c__d.png")}
+    assert human_label_paths(stages[:2], ids)[0] == str(stages[1] / "human_labels" / "a.png")
+    # A stage reused from another run (init_from) gets a copy of its human labels, once.
+    reused = tmp_path / "other" / "01_query1"
+    reused.mkdir(parents=True)
+    copy_human_labels(stages[1], reused)
+    assert (reused / "human_labels" / "c__d.png").read_bytes() == b"01_query1"
+    copy_human_labels(stages[2], reused)  # already there: left alone
+    assert (reused / "human_labels" / "a.png").read_bytes() == b"01_query1"
+    copy_human_labels(stages[0], tmp_path / "other" / "00_teacher")  # nothing to bring
+    assert not (tmp_path / "other" / "00_teacher" / "human_labels").exists()

@@ -1,10 +1,15 @@
-"""Config system: _base_ inheritance, overrides, strict schema, name resolution."""
+"""core/config.py: _base_ inheritance, overrides, strict schema, name resolution, and the checks of
+single keys: data.workers (resolved from the cores), the folder data set's keys, query.mc_passes
+and bald's noise, the collective timeout and sync_bn defaults."""
+from __future__ import annotations
+
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from core.config import CONFIG_DIR, ConfigError, dump_config, load_config, resolve_config_path
+from core.config import CONFIG_DIR, ConfigError, auto_workers, dump_config, load_config, resolve_config_path
 
 
 def write(path: Path, text: str) -> Path:
@@ -120,25 +125,83 @@ def test_dump_round_trips(tree):
     assert again == cfg.to_dict()
 
 
-def test_a_run_saved_before_a_key_existed_resumes_and_a_changed_value_still_does_not(tmp_path):
-    from al.rundir import check_output_dir
-    from core.config import with_new_defaults
-    cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}"])
-    older = cfg.to_dict()
-    del older["query"]["mc_passes"]           # written by the code before query.mc_passes existed
-    del older["stages"]["student"]["eval_every"]
-    assert with_new_defaults(older) == cfg.to_dict()
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
-    check_output_dir(cfg, overwrite=False)    # the same run: it resumes
-    changed = load_config("demo", [f"output_dir={tmp_path / 'run'}", "query.mc_passes=4"])
-    with pytest.raises(ConfigError, match=r"query.mc_passes: '<absent>' -> 4|query.mc_passes: 8 -> 4"):
-        check_output_dir(changed, overwrite=False)
+# --------------------------------------------------------------------------- data.workers
+def test_auto_workers_share_the_cores_among_the_ranks_of_a_node(monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr("core.config._cgroup_cpu_quota", lambda: None)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_workers() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert auto_workers() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert auto_workers() == 1  # never 0: that would mean "load in the main process"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr("core.config._cgroup_cpu_quota", lambda: 6)  # a container's CPU quota
+    assert auto_workers() == 3
 
 
-def test_init_from_reuses_the_stages_before_the_first_query_whatever_mc_passes_says(tmp_path):
-    from al.reuse import shared_stages
-    ours = load_config("demo").to_dict()
-    theirs = load_config("demo", ["query.mc_passes=4"]).to_dict()
-    assert shared_stages(ours, theirs, tmp_path) == ["teacher", "student"]  # query1 used the query settings
-    assert shared_stages(ours, load_config("demo").to_dict(), tmp_path) == ["teacher", "student", "query1", "query2"]
+def test_cgroup_quota_file_is_read(tmp_path):
+    from core.config import _cgroup_cpu_quota
+    f = tmp_path / "cpu.max"
+    f.write_text("250000 100000\n")
+    assert _cgroup_cpu_quota(str(f)) == 2
+    f.write_text("max 100000\n")
+    assert _cgroup_cpu_quota(str(f)) is None
+    assert _cgroup_cpu_quota(str(tmp_path / "absent")) is None
+
+
+def test_data_workers_null_resolves_and_explicit_values_stay(tmp_path, monkeypatch):
+    monkeypatch.setattr("core.config.auto_workers", lambda: 7)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("data: {dataset: camvid, root: x}\nstages: {}\n")
+    assert load_config(str(cfg_path)).data.workers == 7
+    assert load_config(str(cfg_path), ["data.workers=0"]).data.workers == 0
+    assert load_config(str(cfg_path), ["data.workers=3"]).data.workers == 3
+    with pytest.raises(ConfigError, match="data.workers"):
+        load_config(str(cfg_path), ["data.workers=-1"])
+
+
+# --------------------------------------------------------------------------- the folder data set's keys
+@pytest.mark.parametrize("overrides, message", [
+    (["data.classes=[a,b]"], "data.classes (from command line): only for data.dataset=folder"),
+    (["data.palette=[[1,2,3]]"], "data.palette (from command line): only for data.dataset=folder"),
+    (["data.dataset=folder"], "data.classes (from"),
+    (["data.dataset=folder", "data.classes=[a,b]", "data.palette=[[1,2,3]]"],
+     "data.palette (from command line): palette must be 2"),
+    (["data.dataset=folder", "data.classes=[a,b]", "data.palette=[[1,2,3],[0,0,256]]"],
+     "data.palette (from command line): colour values must be in 0..255"),
+    (["data.dataset=folder", "data.classes=[a,b]", "data.label_map=[1,2]"],
+     "data.label_map (from command line): expected a mapping of int -> int"),
+    (["data.dataset=folder", "data.classes=[a,b]", "data.label_map={7: 2}"],
+     "data.label_map (from command line): 7 -> 2: class id must be in 0..1"),
+    (["data.dataset=folder", "data.classes=[a,b]", "data.ignore_index=0"],
+     "data.ignore_index (from command line): data.ignore_index 0 is also a class value"),
+])
+def test_config_checks_name_the_key_and_where_it_came_from(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", overrides)
+    assert message in str(err.value)
+
+
+def test_config_accepts_a_folder_dataset_and_types_the_map():
+    cfg = load_config("examples/folder_al", ["data.label_map={10: 0, 20: 1}", "data.classes=[a,b]",
+                                             "data.palette=null"])
+    assert cfg.data.label_map == {10: 0, 20: 1} and cfg.data.classes == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- query and runtime keys
+def test_config_checks_mc_passes_and_balds_noise():
+    assert load_config("demo", ["query.strategy=bald"]).query.mc_passes >= 2
+    with pytest.raises(ConfigError, match=r"^query.mc_passes \(from command line\): must be at least 2"):
+        load_config("demo", ["query.mc_passes=1"])
+    with pytest.raises(ConfigError, match="query.strategy.*model.dropout"):
+        load_config("demo", ["query.strategy=bald", "model.dropout=0"])
+    with pytest.raises(ConfigError, match="query.strategy.*model.stochastic_depth"):
+        load_config("demo", ["query.strategy=bald", "model.backbone=resnet50", "model.stochastic_depth=0"])
+    load_config("demo", ["model.dropout=0", "query.strategy=margin"])  # the noise matters to bald only
+
+
+def test_config_defaults_for_timeout_and_sync_bn():
+    from core.config import load_config
+    cfg = load_config("demo")
+    assert cfg.runtime.dist_timeout_minutes == 60.0 and cfg.model.sync_bn is False

@@ -1,13 +1,18 @@
-"""The synthetic street-scene generator: layout, determinism, write-once, atomicity, content."""
+"""The synthetic street-scene generator: layout, determinism, write-once, atomicity (a generation
+killed midway leaves no partial set), content."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from datasets import CAMVID_CLASSES, build_source, full_view, EvalTransform
+from datasets import CAMVID_CLASSES, EvalTransform, build_source, full_view
 from datasets.synthetic import generate_synthetic
+from tests.helpers import REPO
 
 SMALL = dict(num_train=4, num_val=2, num_test=1, height=48, width=64, seed=3)
 
@@ -124,3 +129,28 @@ def test_classes_not_separable_by_colour_alone(street_set):
     mean_recall = np.mean([(predicted[val_labels == c] == c).mean()
                            for c in range(11) if (val_labels == c).any()])
     assert accuracy < 0.7 and mean_recall < 0.45, (accuracy, mean_recall)
+
+
+_DIE_WHILE_GENERATING = """
+import os, signal, sys
+from datasets import synthetic
+real, calls = synthetic.render_sample, []
+def dies_on_third(*args):
+    calls.append(args)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args)
+synthetic.render_sample = dies_on_third
+synthetic.generate_synthetic(sys.argv[1], num_train=4, num_val=2, num_test=1, height=48, width=64, seed=3)
+"""
+
+
+@pytest.mark.slow
+def test_synthetic_generation_killed_midway_leaves_no_partial_set(tmp_path):
+    # A real SIGKILL: no except/finally block runs, whatever the generator cleans up on errors.
+    killed = subprocess.run([sys.executable, "-c", _DIE_WHILE_GENERATING, str(tmp_path / "syn")], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "syn").exists()
+    root = generate_synthetic(tmp_path / "syn", num_train=4, num_val=2, num_test=1, height=48, width=64, seed=3)
+    assert [len(build_source("synthetic", root, split)) for split in ("train", "val", "test")] == [4, 2, 1]

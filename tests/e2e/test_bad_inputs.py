@@ -1,11 +1,15 @@
 """Issue 21: every bad input and damaged file is one `error:` line naming the file or key, exit code
-2, and nothing created, changed or deleted; labels read as written; nothing read from outside;
-one process per run directory.
+2, and nothing created, changed or deleted; nothing read from outside; one process per run
+directory. (Labels read as written: tests/datasets/test_decode.py; an annotation outside its
+folder: tests/al/test_annotate.py; --overwrite and the lock: tests/al/test_guard.py.)
 
 The table (CASES) runs the real scripts. Each case prepares its inputs in a fresh folder (a copy
 of the tiny data set, a copy of a finished run where it needs one), takes a snapshot of every
 file's bytes, runs one command and checks: exit code 2, stderr is exactly one line, it starts
 with `error:` and names what it must name, no traceback, and the snapshot is unchanged.
+
+Issue 8's older table (BAD_INPUTS, at the end) checks train_al.py's first checks the same way:
+one `error:` line, exit code 2, no run directory.
 """
 from __future__ import annotations
 
@@ -15,9 +19,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,15 +29,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import REPO, run_script, write_config
+from tests.helpers import png_bytes, run_python, run_script, write_config
 
 pytestmark = pytest.mark.slow
 
-HUMAN_STAGES = """
-stages:
-  teacher: {kind: supervised, batch_labeled: 2, epochs: 1}
-  query1: {kind: query, batch_labeled: 1, batch_unlabeled: 2, init: teacher, epochs: 1, iters_per_epoch: 1}
-"""
 TEACHER_ONLY = """
 stages:
   teacher: {kind: supervised, batch_labeled: 2}
@@ -56,25 +52,6 @@ def snapshot(root: Path) -> dict[str, str]:
         else:
             out[key] = hashlib.sha1(path.read_bytes()).hexdigest()
     return out
-
-
-def python(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
-    for hook in ("S4AL_DIE_AT", "S4AL_PERTURB_RANK", "S4AL_DISK_FULL"):
-        full_env.pop(hook, None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
-                          timeout=600)
-
-
-def png_bytes(array: np.ndarray, mode: str | None = None, palette: list[int] | None = None) -> bytes:
-    image = Image.fromarray(array, mode) if mode is None or mode != "1" else Image.fromarray(array.astype(bool))
-    if palette is not None:
-        image = image.convert("P") if image.mode != "P" else image
-        image.putpalette(palette)
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def first(folder: Path, pattern: str = "*.png") -> Path:
@@ -430,17 +407,7 @@ def _(s):
 
 
 # --------------------------------------------------------------------------- the table's runner
-@pytest.fixture(scope="module")
-def human_run(al_run, tmp_path_factory):
-    """A run whose query stage waits for a person's labels (the task is written)."""
-    base = tmp_path_factory.mktemp("human")
-    cfg = write_config(base, "human", base / "run", al_run["data"], stages=HUMAN_STAGES)
-    result = run_script("train_al.py", cfg, "query.oracle=human")
-    assert result.returncode in (0, 3), result.stderr[-3000:]
-    assert (base / "run" / "01_query1" / "annotate" / "manifest.json").is_file()
-    return {"config": cfg, "run": base / "run"}
-
-
+# (the `human_run` fixture is in tests/conftest.py)
 def _setting(tmp_path: Path, al_run, human_run, c: Case) -> Setting:
     data = tmp_path / "data"
     shutil.copytree(al_run["data"], data)
@@ -481,7 +448,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_changed(c, al_run, human_run, 
         lock_fd = os.open(s.run / ".lock", os.O_RDONLY | os.O_CREAT)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
-        result = python(s.script, *s.args, env=s.env)
+        result = run_python(s.script, *s.args, env=s.env)
     finally:
         if lock_fd is not None:
             os.close(lock_fd)
@@ -498,139 +465,6 @@ def test_bad_input_is_one_line_exit_2_and_nothing_changed(c, al_run, human_run, 
 
 def test_the_table_is_large_enough():
     assert len(CASES) >= 40
-
-
-# --------------------------------------------------------------------------- labels as written
-@pytest.mark.parametrize("mode", ["L", "1", "P"])
-def test_label_pngs_give_their_indices(tmp_path, mode):
-    from datasets.decode import read_label_png
-    ids = np.zeros((6, 8), np.uint8)
-    ids[2:4, 3:7] = 1
-    if mode == "P":
-        ids[0, 0] = 7
-        # Colours that are not the indices: reading colours (or grey levels) would give other values.
-        data = png_bytes(ids, palette=[9, 9, 9, 200, 10, 10] + [0, 0, 0] * 5 + [1, 2, 3] + [0, 0, 0] * 248)
-        assert Image.open(io.BytesIO(data)).mode == "P"
-    else:
-        data = png_bytes(ids, mode="1" if mode == "1" else None)
-        assert Image.open(io.BytesIO(data)).mode == mode
-    (tmp_path / "l.png").write_bytes(data)
-    np.testing.assert_array_equal(read_label_png(tmp_path / "l.png"), ids)
-
-
-def test_a_one_bit_label_trains_as_class_one_in_a_folder_data_set(tmp_path):
-    """The folder data set reads a 1-bit mask (how Image.fromarray(mask.astype(bool)) saves it)
-    as classes 0 and 1, not 0 and 255 (= ignored)."""
-    from datasets import build_source
-    for split in ("train",):
-        (tmp_path / split / "images").mkdir(parents=True)
-        (tmp_path / split / "labels").mkdir(parents=True)
-    mask = np.zeros((8, 8), bool)
-    mask[:, 4:] = True
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / "images" / "a.png")
-    Image.fromarray(mask).save(tmp_path / "train" / "labels" / "a.png")
-    src = build_source("folder", tmp_path, "train", classes=["bg", "fg"])
-    np.testing.assert_array_equal(src.read(0)[1], mask.astype(np.uint8))
-
-
-def test_decoded_pixels_are_the_ones_cv2_decodes(tmp_path):
-    """The switch to PIL changes no image: the same RGB as cv2.imdecode for a PNG and a JPEG."""
-    from datasets.decode import read_rgb
-    rng = np.random.default_rng(0)
-    rgb = cv2.GaussianBlur((rng.random((37, 53, 3)) * 255).astype(np.uint8), (5, 5), 2)
-    for name, encoded in (("a.png", cv2.imencode(".png", rgb)[1]), ("a.jpg", cv2.imencode(".jpg", rgb)[1])):
-        (tmp_path / name).write_bytes(encoded.tobytes())
-        ours = read_rgb(tmp_path / name)
-        theirs = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        np.testing.assert_array_equal(ours, theirs)
-
-
-@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
-def test_an_annotation_label_outside_the_annotate_folder_is_refused(tmp_path, how):
-    from al.annotate import AnnotationError, Task, read_annotations, write_task
-    region = np.ones((6, 8), bool)
-    image = np.zeros((6, 8, 3), np.uint8)
-    manifest = write_task(tmp_path / "annotate", "q", ["bg", "fg"], [Task("a", None, image, region, image)], ["a"],
-                          np.zeros((1, 1, 1), bool))
-    outside = tmp_path / "outside.png"
-    outside.write_bytes(png_bytes(np.zeros((6, 8), np.uint8)))
-    data = json.loads(manifest.read_text())
-    if how == "symlink":
-        (manifest.parent / "labels" / "a.png").symlink_to(outside)
-        message = "outside the annotate folder"
-    else:
-        data["items"][0]["label"] = "../outside.png" if how == "dotdot" else str(outside)
-        message = "may not use '..'"
-    manifest.write_text(json.dumps(data))
-    with pytest.raises(AnnotationError, match=message):
-        read_annotations(manifest, {"a": region}, num_classes=2)
-
-
-def test_a_one_bit_annotation_is_imported_as_indices(tmp_path):
-    from al.annotate import Task, read_annotations, write_task
-    region = np.zeros((6, 8), bool)
-    region[:, :4] = True
-    image = np.zeros((6, 8, 3), np.uint8)
-    manifest = write_task(tmp_path / "annotate", "q", ["bg", "fg"], [Task("a", None, image, region, image)], ["a"],
-                          np.zeros((1, 1, 1), bool))
-    mask = np.zeros((6, 8), bool)
-    mask[3:, :] = True
-    Image.fromarray(mask).save(tmp_path / "annotate" / "labels" / "a.png")
-    got = read_annotations(manifest, {"a": region}, num_classes=2)["a"]
-    np.testing.assert_array_equal(got[:, :4], mask[:, :4].astype(np.uint8))
-    assert (got[:, 4:] == 255).all()
-
-
-# --------------------------------------------------------------------------- --overwrite keeps what is not a run
-def test_overwrite_never_deletes_the_configs_or_the_project(tmp_path):
-    from core.config import CONFIG_DIR, PROJECT_ROOT, ConfigError, load_config
-    from al.guard import check_overwrite
-    cfg = load_config("demo", [f"data.root={tmp_path}"])
-    for folder in (CONFIG_DIR, PROJECT_ROOT, PROJECT_ROOT.parent):
-        with pytest.raises(ConfigError, match="never deletes it"):
-            check_overwrite(folder, cfg)
-
-
-def test_overwrite_moves_the_annotators_labels_aside(human_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(human_run["run"], run, symlinks=True)
-    labels = run / "01_query1" / "annotate" / "labels"
-    (labels / "x.png").write_bytes(png_bytes(np.zeros((48, 64), np.uint8)))
-    from al.guard import annotator_label_dirs, check_overwrite, clear_run, describe_overwrite
-    from core.config import load_config
-    cfg = load_config(str(human_run["config"]), [f"output_dir={run}"])
-    check_overwrite(run, cfg)
-    aside = tmp_path / "run.annotator_labels"
-    assert f"after moving the annotator's label files (1 folders) to {aside}" in describe_overwrite(run)
-    assert annotator_label_dirs(run) == [labels]
-    assert clear_run(run) == aside
-    assert (aside / "01_query1" / "annotate" / "labels" / "x.png").is_file()
-    assert sorted(os.listdir(run)) == [".lock"]
-
-
-# --------------------------------------------------------------------------- the lock
-_HOLD = """
-import os, sys, time
-from al.guard import RunLock
-RunLock(sys.argv[1]).acquire()
-print("locked", flush=True)
-time.sleep(600)
-"""
-
-
-def test_a_killed_holder_releases_the_lock(tmp_path):
-    from core.config import ConfigError
-    from al.guard import RunLock
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ConfigError, match=f"in use by process {holder.pid}"):
-            RunLock(tmp_path).acquire()
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
-    RunLock(tmp_path).acquire()  # the kernel released it with the process
 
 
 # --------------------------------------------------------------------------- caches rebuilt, disks full
@@ -661,23 +495,6 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_good_checkpoint(al_run, t
     assert resumed.returncode == 0 and "resuming at step 2/6" in resumed.stdout, resumed.stderr[-3000:]
 
 
-def test_world_size_is_recorded_per_stage(al_run):
-    stages = json.loads((al_run["run"] / "summary.json").read_text())["stages"]
-    assert [s["world_size"] for s in stages] == [1, 1, 1]
-
-
-def test_summarize_lists_and_skips_an_unreadable_run(al_run, tmp_path):
-    runs = tmp_path / "runs"
-    shutil.copytree(al_run["run"], runs / "good", symlinks=True)
-    (runs / "bad").mkdir()
-    (runs / "bad" / "summary.json").write_text("{not json")
-    result = python("experiments/summarize.py", str(runs), "--out", str(tmp_path / "r.md"), "--no-plot")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"warning: skipped {runs / 'bad' / 'summary.json'}" in result.stderr
-    report = (tmp_path / "r.md").read_text()
-    assert "Skipped runs" in report and "tiny_al" in report
-
-
 def test_an_error_under_torchrun_is_printed_once(al_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(al_run["run"], run, symlinks=True)
@@ -688,3 +505,97 @@ def test_an_error_under_torchrun_is_printed_once(al_run, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and f"{run / '00_teacher' / 'metrics.json'}: run record damaged" in errors[0], \
         result.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- issue 8's table
+def _bad_data(tmp_path, al_run, damage):
+    data = tmp_path / "data"
+    shutil.copytree(al_run["data"], data)
+    damage(data)
+    return data
+
+
+def _corrupt_image(d):
+    (d / "train" / "synth_train_0002.png").write_bytes(b"not a png at all")
+
+
+def _shrink_label(d):
+    import cv2
+    p = d / "trainannot" / "synth_train_0003.png"
+    cv2.imwrite(str(p), cv2.imread(str(p), cv2.IMREAD_UNCHANGED)[:40])
+
+
+def _bad_label_value(d):
+    import cv2
+    p = d / "trainannot" / "synth_train_0004.png"
+    lab = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    lab[0, 0] = 42
+    cv2.imwrite(str(p), lab)
+
+
+def _missing_split_entry(d):
+    (d / "train" / "synth_train_0005.png").unlink()
+
+
+BAD_INPUTS = [
+    # (name, overrides, data damage, fragment of the one-line error)
+    ("unknown key", ["model.widht=3"], None, "unknown key model.widht"),
+    ("wrong type", ["optim.lr=fast"], None, "optim.lr (from command line): expected float"),
+    ("negative budget", ["query.budget_pct=-2"], None, "query.budget_pct"),
+    ("budget over pool", ["query.selection=global", "query.budget_pct=80"], None, "more than the whole pool"),
+    ("regions over image", ["query.regions_per_image=13"], None, "exceeds the 3x4 regions"),
+    ("region larger than image", ["query.region_size=[64,64]"], None, "larger than the images"),
+    ("missing data root", ["data.dataset=camvid", "data.root=/nonexistent/camvid"], None, "/nonexistent/camvid"),
+    ("missing split", ["data.eval_split=/nonexistent/val.txt"], None, "/nonexistent/val.txt"),
+    ("split entry without file", [], _missing_split_entry, "synth_train_0005"),
+    ("corrupt image", [], _corrupt_image, "synth_train_0002.png"),
+    ("image/label size mismatch", [], _shrink_label, "synth_train_0003"),
+    ("label out of range", [], _bad_label_value, "synth_train_0004.png"),
+    ("missing weights file", ["model.pretrained=/nonexistent/w.pth", "stage_defaults.init=pretrained"], None,
+     "/nonexistent/w.pth"),
+    ("init_from unknown", ["init_from=table1/camvid/row42"], None, "table1/camvid/row42"),
+    ("zero epochs", ["stages.teacher.epochs=0"], None, "stages.teacher.epochs"),
+    ("unknown labeled id", ["data.labeled_split=LABELS"], None, "nope"),
+    ("output dir is a file", ["output_dir=FILE/run"], None, "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("name, overrides, damage, fragment", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_fails_early_with_one_line_and_no_run_dir(al_run, tmp_path, name, overrides, damage, fragment):
+    data = _bad_data(tmp_path, al_run, damage) if damage else al_run["data"]
+    (tmp_path / "labels.txt").write_text("train/nope.png trainannot/nope.png\n")
+    (tmp_path / "a_file").write_text("")
+    overrides = [o.replace("LABELS", str(tmp_path / "labels.txt")).replace("FILE", str(tmp_path / "a_file"))
+                 for o in overrides]
+    if name == "unknown labeled id":  # a list whose entry exists on disk but is not in the pool
+        shutil.copy(data / "val" / "synth_val_0000.png", tmp_path / "x.png")
+        (tmp_path / "labels.txt").write_text(f"val/synth_val_0000.png valannot/synth_val_0000.png\n")
+        fragment = "synth_val_0000"
+    cfg = write_config(tmp_path, "bad", tmp_path / "run", data)
+    result = run_script("train_al.py", cfg, *overrides)
+    assert result.returncode == 2, (result.stdout[-1000:], result.stderr[-2000:])
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and fragment in error_lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_weights_for_another_architecture_are_refused(al_run, tmp_path):
+    from models.backbones import build_backbone
+    wrong = tmp_path / "resnet50.pth"
+    torch.save(build_backbone("resnet50", 16).state_dict(), wrong)
+    cfg = write_config(tmp_path, "bad", tmp_path / "run", al_run["data"])
+    result = run_script("train_al.py", cfg, f"model.pretrained={wrong}", "stage_defaults.init=pretrained")
+    assert result.returncode == 2 and "do not fit the mobilenet_v2 backbone" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_dir_of_another_config_is_refused_unless_overwrite(al_run, tmp_path):
+    cfg = write_config(tmp_path, "tiny_al", tmp_path / "run", al_run["data"])
+    shutil.copytree(al_run["run"], tmp_path / "run")
+    (tmp_path / "run" / "summary.json").unlink()
+    result = run_script("train_al.py", cfg, "optim.lr=0.5")
+    assert result.returncode == 2 and "holds a run with a different config" in result.stderr
+    assert "optim.lr: 0.01 -> 0.5" in result.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()  # nothing of the old run was touched
+    assert run_script("train_al.py", cfg, "optim.lr=0.5", "--dry-run").returncode == 2

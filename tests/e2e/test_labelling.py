@@ -16,24 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from al.annotate import AnnotationError, Task, read_annotations, write_task
-from tests.helpers import TEST_DATA
+from al.annotate import read_annotations
+from tests.helpers import (TASK_CLASSES as CLASSES, TASK_H as H, TASK_PALETTE as PALETTE, TASK_W as W, TEST_DATA,
+                           LabelStudioServer, label_studio_executable, task_prediction, task_regions)
 
 brush = pytest.importorskip("label_studio_sdk.converter.brush", reason="pip install -r requirements-labelling.txt")
 
-CLASSES = ["road", "car", "tree"]
-PALETTE = [[128, 64, 128], [0, 0, 142], [107, 142, 35]]
-H, W = 48, 64
+
 FIXTURE = TEST_DATA / "labelstudio_export.json"
-
-
-def _regions(image_id):
-    mask = np.zeros((H, W), bool)
-    if image_id == "a":
-        mask[0:16, 0:32] = mask[32:48, 48:64] = True
-        return mask, [[0, 0, 32, 16], [48, 32, 16, 16]]
-    mask[16:32, 16:48] = True
-    return mask, [[16, 16, 32, 16]]
 
 
 def annotators_labels(image_id):
@@ -42,26 +32,6 @@ def annotators_labels(image_id):
     labels = ((y // 4 + x // 8 + (image_id == "b")) % 3).astype(np.uint8)
     labels[:3] = 255
     return labels
-
-
-def prediction(image_id):
-    y, x = np.indices((H, W))
-    return ((x // 16 + y // 12 + 2 * (image_id == "b")) % 3).astype(np.uint8)
-
-
-@pytest.fixture
-def task_dir(tmp_path):
-    """An annotate/ folder as a query stage writes it, for images 'a' and 'b' (48x64)."""
-    tasks = []
-    for image_id, value in (("a", 60), ("b", 120)):
-        image = np.full((H, W, 3), value, np.uint8)
-        Image.fromarray(image).save(tmp_path / f"{image_id}.png")
-        regions, boxes = _regions(image_id)
-        tasks.append(Task(id=image_id, image_path=str(tmp_path / f"{image_id}.png"), image=image, regions=regions,
-                          preview=image, boxes=boxes, score={"a": 0.9, "b": 0.4}[image_id],
-                          prediction=prediction(image_id)))
-    return write_task(tmp_path / "annotate", "query1", CLASSES, tasks, ["a", "b"], np.zeros((2, 3, 4), bool),
-                      palette=PALETTE)
 
 
 def _run(*args):
@@ -77,7 +47,7 @@ def test_the_export_holds_regions_prediction_score_and_the_classes_config(task_d
     assert tasks[0]["data"]["image"] == "/data/local-files/?d=a.png"
     for task in tasks:
         image_id, (prediction_result,) = task["data"]["s4al_id"], task["predictions"]
-        regions, boxes = _regions(image_id)
+        regions, boxes = task_regions(image_id)
         rects = [r for r in prediction_result["result"] if r["type"] == "rectanglelabels"]
         got = [[r["value"][k] * (W if k in ("x", "width") else H) / 100 for k in ("x", "y", "width", "height")]
                for r in rects]
@@ -87,7 +57,7 @@ def test_the_export_holds_regions_prediction_score_and_the_classes_config(task_d
             if r["type"] == "brushlabels":  # decoded by the SDK, not by us
                 mask = brush.decode_rle(r["value"]["rle"]).reshape(H, W, 4)[:, :, 3] > 127
                 painted[mask] = CLASSES.index(r["value"]["brushlabels"][0])
-        np.testing.assert_array_equal(painted, np.where(regions, prediction(image_id), 255))
+        np.testing.assert_array_equal(painted, np.where(regions, task_prediction(image_id), 255))
     config = ET.fromstring((task_dir.parent / "labelstudio_config.xml").read_text())
     labels = config.find("BrushLabels")
     assert labels.get("name") == "label" and labels.get("toName") == "image"
@@ -101,7 +71,7 @@ def _check_imported(task_dir, ids=("a", "b"), expected=annotators_labels):
     for image_id in ids:
         stored = np.asarray(Image.open(task_dir.parent / "labels" / f"{image_id}.png"))
         np.testing.assert_array_equal(stored, expected(image_id))
-    regions = {i: _regions(i)[0] for i in ("a", "b")}
+    regions = {i: task_regions(i)[0] for i in ("a", "b")}
     read = read_annotations(task_dir, regions, num_classes=3, only=list(ids))
     for image_id in ids:
         np.testing.assert_array_equal(read[image_id], np.where(regions[image_id], expected(image_id), 255))
@@ -190,7 +160,6 @@ def _annotation(image_id):
 
 @pytest.mark.slow
 def test_a_real_label_studio_server_round_trip(task_dir, tmp_path):
-    from tests.helpers import LabelStudioServer, label_studio_executable
     exe = label_studio_executable()
     if exe is None:
         pytest.skip("label-studio is not installed (.ci/run installs it into .ci-ls-venv)")
@@ -209,15 +178,15 @@ def test_a_real_label_studio_server_round_trip(task_dir, tmp_path):
         assert sorted(t["data"]["s4al_id"] for t in listed) == ["a", "b"]
         for task in listed:
             image_id = task["data"]["s4al_id"]
-            # The server holds our pre-annotation: the model's prediction inside the regions.
+            # The server holds our pre-annotation: the model's task_prediction inside the regions.
             (kept,) = server.api("GET", f"/api/predictions?task={task['id']}")
             painted = np.full((H, W), 255, np.uint8)
             for r in kept["result"]:
                 if r["type"] == "brushlabels":
                     painted[brush.decode_rle(r["value"]["rle"]).reshape(H, W, 4)[:, :, 3] > 127] = \
                         CLASSES.index(r["value"]["brushlabels"][0])
-            np.testing.assert_array_equal(painted, np.where(_regions(image_id)[0], prediction(image_id), 255))
-            assert sum(r["type"] == "rectanglelabels" for r in kept["result"]) == len(_regions(image_id)[1])
+            np.testing.assert_array_equal(painted, np.where(task_regions(image_id)[0], task_prediction(image_id), 255))
+            assert sum(r["type"] == "rectanglelabels" for r in kept["result"]) == len(task_regions(image_id)[1])
             server.api("POST", f"/api/tasks/{task['id']}/annotations/", json={"result": _annotation(image_id)})
         export = server.api("GET", f"/api/projects/{project['id']}/export?exportType=JSON")
     finally:
@@ -230,9 +199,3 @@ def test_a_real_label_studio_server_round_trip(task_dir, tmp_path):
         FIXTURE.parent.mkdir(exist_ok=True)
         FIXTURE.write_text(json.dumps(export, indent=1) + "\n")
     print(f"label studio round trip: {time.time() - started:.0f} s")
-
-
-def test_labels_for_an_image_the_task_does_not_list_are_refused(task_dir):
-    from al.annotate import store_labels
-    with pytest.raises(AnnotationError, match="'zz', which it does not list"):
-        store_labels(task_dir, {"zz": np.zeros((H, W), np.uint8)})

@@ -2,31 +2,22 @@
 (--nnodes 2 --node-rank 0/1, c10d rendezvous on 127.0.0.1, one gloo process each) and run the tiny
 AL config end to end. They must give what the same run on one node with two processes gives (the
 `ddp_run` fixture: same world size, so bit-identical weights, pools and mIoUs) and select the cells
-a one-process run selects from the same teacher. A folder rank 0 writes that another rank cannot
-see (a node without the shared file system) is refused at start-up."""
+a one-process run selects from the same teacher; `torchrun` with one process trains as plain
+python does. (A folder another node does not see: tests/core/test_distributed.py.)"""
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
-import torch.multiprocessing as mp
 
-from core import distributed
-from tests.helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, pool_cells,
-                                    query_alone_from, write_config)
+from tests.helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, free_port, pool_cells,
+                           query_alone_from, write_config)
 
 pytestmark = pytest.mark.slow
 STAGES = ("00_teacher", "01_query1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node(node_rank: int, port: int, config) -> subprocess.Popen:
@@ -44,7 +35,7 @@ def _node(node_rank: int, port: int, config) -> subprocess.Popen:
 def two_nodes(ddp_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("two_nodes")
     cfg = write_config(base, "ddp", base / "run", ddp_run["data"], stages=DDP_STAGES)
-    port = _free_port()
+    port = free_port()
     nodes = [_node(rank, port, cfg) for rank in (0, 1)]
     outputs = [node.communicate(timeout=300) for node in nodes]
     for node, (out, err) in zip(nodes, outputs):
@@ -78,41 +69,6 @@ def test_two_nodes_equal_one_node_with_two_processes(two_nodes, ddp_run):
 def test_one_process_selects_what_the_two_nodes_selected(two_nodes, tmp_path):
     # One process reuses the two-node teacher (init_from), then pseudo-labels, scores and selects alone.
     query_alone_from(two_nodes, tmp_path)
-
-
-# --------------------------------------------------------------------------- a folder not shared
-def _check_worker(rank: int, port: int, cases: list[list[str]], out: str) -> None:
-    """Each case: the folder each rank looks at (the same path, seen from each node)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    ctx = distributed.setup("cpu", timeout_minutes=2)
-    messages = []
-    try:
-        for folders in cases:
-            try:
-                distributed.check_shared_folder(folders[rank], ctx, "output_dir", wait_s=1.0)
-                messages.append("passed")
-            except ValueError as err:
-                messages.append(str(err))
-    finally:
-        distributed.cleanup()
-    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump(messages, f)
-
-
-def test_a_folder_another_node_does_not_see_is_refused_on_every_rank(tmp_path):
-    shared, node0, node1 = tmp_path / "shared", tmp_path / "node0", tmp_path / "node1" / "node0"
-    for folder in (shared, node0, node1):
-        folder.mkdir(parents=True)
-    # Case 2: rank 1 looks at its own disk, where the same path name is another folder.
-    cases = [[str(shared), str(shared)], [str(node0), str(node1)]]
-    mp.spawn(_check_worker, args=(_free_port(), cases, str(tmp_path)), nprocs=2, join=True)
-    messages = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [m[0] for m in messages] == ["passed", "passed"]
-    for (_, message), folder in zip(messages, (node0, node1)):  # refused on both ranks, each naming its view
-        assert message.startswith(f"output_dir {folder} is not shared between the nodes: rank 1 on "), message
-        assert "1 of 2 ranks do not" in message
-    assert [list(f.iterdir()) for f in (shared, node0, node1)] == [[], [], []]  # no probe left behind
 
 
 def test_torchrun_with_one_process_joins_a_group_and_trains_as_plain_python(al_run, tmp_path):

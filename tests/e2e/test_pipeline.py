@@ -1,5 +1,7 @@
 """train_al.py / train_ssl.py end to end on a tiny synthetic set: outputs, query accounting,
 finished stages never recomputed, init_from reuse."""
+from __future__ import annotations
+
 import json
 
 import numpy as np
@@ -18,7 +20,7 @@ def test_summary_reports_every_stage_in_percent(al_run):
     assert [s["kind"] for s in summary["stages"]] == ["supervised", "self_train", "query"]
     for stage, folder in zip(summary["stages"], ("00_teacher", "01_student", "02_query1")):
         metrics = json.loads((al_run["run"] / folder / "metrics.json").read_text())
-        # The stage's own evaluation (recomputed by hand in tests/test_stage_contracts.py), whose
+        # The stage's own evaluation (recomputed by hand in tests/e2e/test_stage_contracts.py), whose
         # mIoU is the mean over the classes that occur.
         assert stage["miou"] == metrics["eval"]["miou"] and stage["per_class_iou"] == metrics["eval"]["per_class_iou"]
         assert set(stage["per_class_iou"]) == set(summary["classes"])
@@ -209,3 +211,8 @@ def test_init_from_compares_with_the_source_runs_saved_config(al_run, tmp_path):
     query2 = next(line for line in more.stdout.splitlines() if line.startswith("stage 3 query2"))
     assert "reused" not in query2
     assert "(same as in" in next(line for line in more.stdout.splitlines() if line.startswith("stage 2 query1"))
+
+
+def test_world_size_is_recorded_per_stage(al_run):
+    stages = json.loads((al_run["run"] / "summary.json").read_text())["stages"]
+    assert [s["world_size"] for s in stages] == [1, 1, 1]

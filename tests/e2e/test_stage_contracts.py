@@ -5,20 +5,22 @@ the test, never against a second run of the same code (issue 16):
   - a stage starts from its configured init (`pretrained` file / `scratch` with the stage seed /
     the previous stage's weights);
   - a global-budget query reveals exactly its budget, the top-scoring unlabeled cells, and a second
-    cycle never re-reveals a cell of the first."""
+    cycle never re-reveals a cell of the first;
+  - the regions a query selects do not depend on the labels of unlabeled images."""
 import json
+import shutil
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from datasets.decode import read_label_png
 from core.config import load_config
+from datasets.decode import read_label_png
 from engine.data import source
 from models.build import make_model
 from query.pool import LabelPool
-from tests.helpers import noise_free_model, run_script, softmax_of_image, stage_weights, write_config
+from tests.helpers import noise_free_model, run_script, softmax_of_image, stage_weights, write_config, write_png
 
 pytestmark = pytest.mark.slow
 
@@ -178,3 +180,35 @@ def test_global_query_reveals_exactly_its_budget_and_never_a_cell_twice(frozen_r
         assert sorted(np.flatnonzero(new.ravel()).tolist()) == sorted(top.tolist()), f"cycle {cycle}"
         expected_pct = 100.0 * (3 * 48 * 64 + cycle * budget * 256) / (12 * 48 * 64)
         assert summary[cycle + 1]["labeled_pixel_pct"] == pytest.approx(expected_pct, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- selection never reads ground truth
+@pytest.mark.slow
+def test_selected_regions_do_not_depend_on_the_labels_of_unlabeled_images(al_run, tmp_path):
+    """The same student and scores, but every unlabeled image's label is void: the query must
+    pick exactly the same regions (a query step has no labels of unlabeled images)."""
+    from core.config import load_config, save_config
+    data = tmp_path / "data"
+    shutil.copytree(al_run["data"], data)
+    initial = LabelPool.load(al_run["run"] / "00_teacher" / "pool.npz")
+    for i in range(len(initial)):
+        if not initial.cells[i].any():
+            label = data / "trainannot" / f"{initial.ids[i]}.png"
+            write_png(label, np.full(cv2.imread(str(label), cv2.IMREAD_UNCHANGED).shape, 11, np.uint8))
+    run = tmp_path / "run"
+    cfg_file = write_config(tmp_path, "tiny_al", run, data)
+    overrides = ["data.dataset=camvid"]  # read the modified copy as it is (never regenerated)
+    run.mkdir()
+    save_config(load_config(str(cfg_file), overrides), run / "config.yaml")
+    for stage in ("00_teacher", "01_student"):  # the finished teacher and student, reused as they are
+        shutil.copytree(al_run["run"] / stage, run / stage)
+    result = run_script("train_al.py", cfg_file, *overrides, die_at="train_step:1")  # stop once selected
+    assert (run / "02_query1" / "pool.npz").is_file(), result.stdout[-2000:] + result.stderr[-2000:]
+    assert "already finished" in result.stdout
+    selected = LabelPool.load(run / "02_query1" / "pool.npz").cells
+    expected = LabelPool.load(al_run["run"] / "02_query1" / "pool.npz").cells
+    assert selected.sum() == expected.sum() > initial.cells.sum()
+    np.testing.assert_array_equal(selected, expected)
+    scores = np.load(run / "02_query1" / "pseudo_done.npz")["scores"]
+    np.testing.assert_array_equal(scores, np.load(al_run["run"] / "02_query1" / "pseudo_done.npz")["scores"])
+    assert json.loads((al_run["run"] / "summary.json").read_text())["finished"]

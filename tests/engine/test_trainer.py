@@ -1,8 +1,8 @@
 """What a training step really does, checked against independent computations: the loss is
 CE_l + w_u * CE_u + w_reco * ReCo with the configured weights; ReCo picks hard queries from the
-softmax of the classifier's stride-4 logits; the heads get `optim.head_lr_mult`; `optim.grad_clip`
-bounds the update; the student's noise acts in training; each DDP rank draws its own noise while
-the weights stay identical on every rank."""
+softmax of the classifier's stride-4 logits; `optim.grad_clip` bounds the update; the student's
+noise acts in training; each DDP rank draws its own noise while the weights stay identical on every
+rank. (The heads' `optim.head_lr_mult`: tests/engine/test_optim.py.)"""
 from __future__ import annotations
 
 import copy
@@ -13,33 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets import WeakAug, build_source, full_view, generate_synthetic, normalize_images
+from al.train_stage import fresh_model
 from core.config import load_config
 from core.distributed import DistContext
 from core.logger import RunLogger
-from models.build import make_model
-from engine.optim import make_optimizer, poly_lr, set_poly_lr
-from al.train_stage import fresh_model
+from datasets import WeakAug, build_source, full_view, normalize_images
 from engine import trainer
 from losses import objective
 from losses.reco import reco_loss
-from tests.helpers import write_config
-
-NUM_CLASSES = 11
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny config, a synthetic training set and a labeled view over it."""
-    base = tmp_path_factory.mktemp("trainer")
-    data = base / "data"
-    generate_synthetic(data, num_train=6, num_val=0, num_test=0, height=32, width=48, seed=2)
-    cfg_path = write_config(base, "tiny", base / "run", data)
-    return {"base": base, "data": data, "cfg_path": cfg_path}
-
-
-def _cfg(tiny, *overrides):
-    return load_config(str(tiny["cfg_path"]), ["data.crop_size=[32,48]", *overrides])
+from models.build import make_model
+from tests.helpers import NUM_CLASSES, training_config, training_model
 
 
 def _batch(seed=0, n=3, h=32, w=48):
@@ -50,13 +33,6 @@ def _batch(seed=0, n=3, h=32, w=48):
     return normalize_images(images), labels
 
 
-def _model(cfg, seed=0, **kw):
-    torch.manual_seed(seed)
-    kw.setdefault("rep_head", True)
-    kw.setdefault("noise", False)
-    return make_model(cfg.model, NUM_CLASSES, pretrained="none", **kw).eval()  # eval: deterministic forward
-
-
 def _coarse_logits(model, images):
     """The classifier's output before upsampling, computed here layer by layer."""
     low, high = model.backbone(images)
@@ -64,9 +40,9 @@ def _coarse_logits(model, images):
     return model.classifier(decoded)
 
 
-def test_step_loss_is_weighted_sum_of_independently_computed_terms(tiny):
-    cfg = _cfg(tiny, "loss.unlabeled_weight=0.3", "loss.reco_weight=0.7")
-    model = _model(cfg)
+def test_step_loss_is_weighted_sum_of_independently_computed_terms(tiny_training):
+    cfg = training_config(tiny_training, "loss.unlabeled_weight=0.3", "loss.reco_weight=0.7")
+    model = training_model(cfg)
     images, labels = _batch()
     loss, parts = trainer.step_loss(model, images, labels, 1, reco=True, loss_cfg=cfg.loss, amp="none",
                                     generator=torch.Generator().manual_seed(5))
@@ -88,9 +64,9 @@ def test_step_loss_is_weighted_sum_of_independently_computed_terms(tiny):
     assert loss.item() != pytest.approx((ce_l + ce_u + reco).item(), rel=1e-3)
 
 
-def test_reco_hard_queries_use_softmax_of_stride4_logits(tiny, monkeypatch):
-    cfg = _cfg(tiny)
-    model = _model(cfg)
+def test_reco_hard_queries_use_softmax_of_stride4_logits(tiny_training, monkeypatch):
+    cfg = training_config(tiny_training)
+    model = training_model(cfg)
     with torch.no_grad():
         model.classifier[1].weight.mul_(200.0)  # confident, spatially varying predictions
     images, labels = _batch(seed=1)
@@ -111,49 +87,34 @@ def test_reco_hard_queries_use_softmax_of_stride4_logits(tiny, monkeypatch):
     assert (seen["prob"] - blurred).abs().max() > 0.05  # the old, resized-back-down version differs
 
 
-def test_heads_get_head_lr_mult_and_poly_keeps_the_ratio(tiny):
-    cfg = _cfg(tiny, "optim.head_lr_mult=10", "optim.lr=0.02")
-    model = _model(cfg)
-    optimizer = make_optimizer(model, cfg.optim)
-    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
-    named = dict(model.named_parameters())
-    assert len(lr_of) == len(named)  # every parameter in exactly one group
-    for name, p in named.items():
-        assert lr_of[id(p)] == pytest.approx(0.02 if name.startswith("backbone.") else 0.2), name
-    set_poly_lr(optimizer, 7, 20, 0.9)
-    for g in optimizer.param_groups:
-        assert g["lr"] == pytest.approx(poly_lr(g["base_lr"], 7, 20, 0.9))
-    assert {round(g["lr"] / optimizer.param_groups[0]["lr"], 6) for g in optimizer.param_groups} == {1.0, 10.0}
-
-
-def _run_phase(tiny, cfg, model, stage_name="teacher", steps=1, tag="run"):
-    src = build_source("synthetic", tiny["data"], "train")
+def _run_phase(tiny_training, cfg, model, stage_name="teacher", steps=1, tag="run"):
+    src = build_source("synthetic", tiny_training["data"], "train")
     view = full_view(src, WeakAug(tuple(cfg.data.crop_size), tuple(cfg.data.scale_range)))
     stage = copy.deepcopy(cfg.stages[stage_name])
     stage["epochs"], stage["iters_per_epoch"] = 1, steps
     stage["batch_labeled"], stage["batch_unlabeled"] = 2, 0  # labeled batches only, >= 2 for BatchNorm
-    stage_dir = tiny["base"] / tag
+    stage_dir = tiny_training["base"] / tag
     return trainer.Trainer(model, stage=stage, stage_name=stage_name, cfg=cfg, ctx=DistContext(), amp="none",
                            stage_dir=stage_dir, logger=RunLogger(stage_dir, enabled=False), seed=3).fit(view, None)
 
 
-def test_grad_clip_bounds_the_first_update(tiny):
+def test_grad_clip_bounds_the_first_update(tiny_training):
     clip, lr = 1e-3, 0.5
-    cfg = _cfg(tiny, f"optim.grad_clip={clip}", f"optim.lr={lr}", "optim.momentum=0", "optim.weight_decay=0",
-               "stages.teacher.reco=false")
-    model = _model(cfg, rep_head=False)
+    cfg = training_config(tiny_training, f"optim.grad_clip={clip}", f"optim.lr={lr}", "optim.momentum=0",
+                          "optim.weight_decay=0", "stages.teacher.reco=false")
+    model = training_model(cfg, rep_head=False)
     before = {k: v.clone() for k, v in model.named_parameters()}
-    _run_phase(tiny, cfg, model, tag="clip")
+    _run_phase(tiny_training, cfg, model, tag="clip")
     delta = torch.sqrt(sum(((p.detach() - before[k]) ** 2).sum() for k, p in model.named_parameters()))
     # SGD without momentum or decay: update = lr * clipped gradient, whose norm is exactly `clip`
     # (the raw gradient of a from-scratch model is far larger).
     assert delta.item() == pytest.approx(lr * clip, rel=1e-3)
 
 
-def test_student_noise_is_built_and_acts_in_training(tiny):
-    cfg = _cfg(tiny, "model.dropout=0.4")
+def test_student_noise_is_built_and_acts_in_training(tiny_training):
+    cfg = training_config(tiny_training, "model.dropout=0.4")
     student = fresh_model(cfg.model, cfg.stages.student, NUM_CLASSES, teacher_state=None if
-                          cfg.stages.student.init != "teacher" else _model(cfg).state_dict())
+                          cfg.stages.student.init != "teacher" else training_model(cfg).state_dict())
     teacher = fresh_model(cfg.model, cfg.stages.teacher, NUM_CLASSES, teacher_state=None)
     assert cfg.stages.student.noise and not cfg.stages.teacher.noise
     assert student.classifier[0].p == 0.4 and teacher.classifier[0].p == 0.0
@@ -164,7 +125,7 @@ def test_student_noise_is_built_and_acts_in_training(tiny):
         calls.append((module.training, float(((out == 0) & alive).sum() / alive.sum())))
 
     student.classifier[0].register_forward_hook(dropped_share)
-    _run_phase(tiny, cfg, student, stage_name="student", steps=2, tag="noise")
+    _run_phase(tiny_training, cfg, student, stage_name="student", steps=2, tag="noise")
     assert len(calls) == 2 and all(training for training, _ in calls)
     # About 40% of the features are zeroed by the dropout in every training step.
     assert all(0.3 < dropped < 0.5 for _, dropped in calls), calls
@@ -195,9 +156,9 @@ def _rank_worker(rank, world, init_file, data, cfg_path, out):
 
 
 @pytest.mark.slow
-def test_each_rank_draws_its_own_noise_and_weights_agree(tiny, tmp_path):
-    torch.multiprocessing.spawn(_rank_worker, args=(2, str(tmp_path / "init"), str(tiny["data"]),
-                                                    str(tiny["cfg_path"]), str(tmp_path)), nprocs=2)
+def test_each_rank_draws_its_own_noise_and_weights_agree(tiny_training, tmp_path):
+    torch.multiprocessing.spawn(_rank_worker, args=(2, str(tmp_path / "init"), str(tiny_training["data"]),
+                                                    str(tiny_training["cfg_path"]), str(tmp_path)), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for key in r0["initial"]:
         assert torch.equal(r0["initial"][key], r1["initial"][key]), key  # same start

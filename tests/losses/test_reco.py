@@ -1,13 +1,11 @@
-"""ReCo loss: Eqn. 1 against explicit loops on the same draws, sampling rules, the divisor,
-degenerate cases, no data-dependent host read."""
-
+"""ReCo loss (losses/reco.py): Eqn. 1 against explicit loops on the same draws, sampling rules, the
+divisor, degenerate cases, no data-dependent host read."""
 import math
 
 import pytest
 import torch
 
 from losses.reco import downsample_labels, reco_from_indices, reco_loss, sample_reco_indices
-from losses.sampled_dot import sampled_row_dot
 
 C = 5  # classes 0..3 appear in the fixture, class 4 never does
 THRESHOLD = 0.97
@@ -219,20 +217,6 @@ def test_bad_inputs_are_errors():
         reco_loss(rep, label, prob[:, :3], num_classes=C)
     with pytest.raises(ValueError, match="rep must be"):
         reco_loss(rep[0], label, prob, num_classes=C)
-
-
-def test_sampled_row_dot_values_and_gradient():
-    g = torch.Generator().manual_seed(0)
-    queries = torch.randn(6, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    keys = torch.randn(9, 5, dtype=torch.float64, generator=g)
-    index = torch.randint(0, 9, (6, 4), generator=g)
-    out = sampled_row_dot(queries, keys, index)
-    loops = torch.tensor([[float(queries[r].detach() @ keys[index[r, s]]) for s in range(4)] for r in range(6)],
-                         dtype=torch.float64)
-    assert torch.allclose(out, loops)
-    assert torch.autograd.gradcheck(lambda q: sampled_row_dot(q, keys, index), (queries,))
-    with pytest.raises(ValueError, match="detached"):
-        sampled_row_dot(queries, keys.requires_grad_(True), index)
 
 
 def test_loss_value_for_uniform_similarities():

@@ -1,4 +1,6 @@
-"""DeepLabv3+: shapes and strides, gradients from CE + ReCo, student noise, weight loading."""
+"""DeepLabv3+ as models/build.py builds it: shapes and strides, gradients from CE + ReCo, student noise,
+weight loading (backbone files, ImageNet weights, a crafted stage weights file refused)."""
+from __future__ import annotations
 
 import os
 from urllib.error import URLError
@@ -8,9 +10,12 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from core import checkpoint as ckpt
 from losses.reco import reco_loss
 from models import BACKBONES, build_model
+from models.build import load_weights
 from models.pretrained import IMAGENET_WEIGHTS
+from tests.helpers import plant_crafted
 
 NUM_CLASSES = 5
 H, W = 64, 80
@@ -159,8 +164,6 @@ def test_bad_arguments():
 
 
 # ---------------------------------------------------------------- pretrained weights
-
-
 def _assert_backbone_equals(backbone, state):
     """Every backbone tensor came from `state`; the file's only other keys are the ImageNet
     classifier layers DeepLabv3+ drops (and old files may lack the BatchNorm counters)."""
@@ -263,3 +266,13 @@ def test_imagenet_from_cache_needs_no_download(offline_hub):
 def test_deep_stem_has_no_imagenet_download(offline_hub):
     with pytest.raises(ValueError, match="resnet101_deepstem.*only as a file"):
         build_model("resnet101_deepstem", pretrained="imagenet")
+
+
+# ---------------------------------------------------------------- stage weights
+def test_crafted_stage_weights_are_refused(tmp_path):
+    stage = tmp_path / "00_teacher"
+    stage.mkdir()
+    plant_crafted(stage / "weights.pth", tmp_path / "ran")
+    with pytest.raises(ckpt.UnsafeCheckpoint, match=str(stage / "weights.pth")):
+        load_weights(stage / "weights.pth")
+    assert not (tmp_path / "ran").exists()

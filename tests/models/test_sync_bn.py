@@ -1,4 +1,5 @@
-"""Process-group setup and synchronised BatchNorm (model.sync_bn) on 2 gloo processes.
+"""Synchronised BatchNorm (model.sync_bn, models/sync_bn.py) on 2 gloo processes, the model wrapped
+by engine/parallel.py.
 
 The synchronised layers are checked against an independent expectation: two ranks that each
 hold half of a batch must produce what one plain nn.BatchNorm2d model produces on the whole
@@ -6,9 +7,7 @@ batch -- outputs, input gradients, parameter gradients (DDP averages them over r
 running statistics -- and the ranks must end with identical statistics."""
 from __future__ import annotations
 
-import datetime
 import os
-import socket
 
 import pytest
 import torch
@@ -18,16 +17,10 @@ from torch import nn
 from core import distributed
 from engine import parallel
 from models import sync_bn
+from tests.helpers import bn_model, free_port
 
 WORLD = 2
 STEPS = 2  # two steps: the running statistics must accumulate like BatchNorm's
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    # momentum=None (cumulative average) on the second BatchNorm covers both update rules.
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3, momentum=None))
 
 
 def _batches():
@@ -43,7 +36,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     ctx = distributed.setup("cpu", timeout_minutes=7)
     try:
-        model = _model()
+        model = bn_model()
         net = parallel.wrap_model(model, ctx, sync_bn=True)
         half = slice(rank * 2, rank * 2 + 2)  # this rank's half of every batch
         outs, input_grads = [], []
@@ -63,15 +56,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         distributed.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _reference():
     """One process, plain BatchNorm2d, the whole batch."""
-    model = _model().train()
+    model = bn_model().train()
     outs, input_grads = [], []
     for x, weight in _batches():
         x = x.clone().requires_grad_()
@@ -86,7 +73,7 @@ def _reference():
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("sync_bn")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -114,34 +101,11 @@ def test_ranks_hold_identical_batchnorm_statistics(ranks):
         assert torch.equal(value, ranks[1]["state"][key]), key
 
 
-def test_one_process_gets_the_model_itself():
-    model = _model()
-    assert parallel.wrap_model(model, distributed.DistContext(), sync_bn=True) is model
-    assert all(type(m) is nn.BatchNorm2d for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-
-
 def test_conversion_shares_parameters_and_refuses_other_batchnorms():
-    model = _model()
+    model = bn_model()
     params = list(model.parameters())
     converted = sync_bn.convert_portable_sync_bn(model)
     assert converted is model and list(model.parameters()) == params  # same objects: optimizers keep working
     assert isinstance(model[1], sync_bn.PortableSyncBatchNorm2d) and model[4].momentum is None
     with pytest.raises(TypeError, match="BatchNorm1d"):
         sync_bn.convert_portable_sync_bn(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
-
-
-def test_setup_passes_the_collective_timeout(monkeypatch):
-    seen = {}
-    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: seen.update(kw))
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    ctx = distributed.setup("cpu", timeout_minutes=90)
-    assert ctx.rank == 1 and ctx.world_size == 2
-    assert seen == {"backend": "gloo", "timeout": datetime.timedelta(minutes=90)}
-
-
-def test_config_defaults_for_timeout_and_sync_bn():
-    from core.config import load_config
-    cfg = load_config("demo")
-    assert cfg.runtime.dist_timeout_minutes == 60.0 and cfg.model.sync_bn is False
