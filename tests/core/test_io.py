@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from core.errors import InputError
 from core.io import atomic_folder, atomic_write_text, remove_stale_temporaries, writable_folder
-from tests.helpers import REPO
+from tests.helpers import run_snippet
 
 # al/guard.py's rule for the temporaries a run directory may hold, written out here independently.
 TEMPORARY = re.compile(r"^\..+\.tmp-.+$")
@@ -101,8 +99,7 @@ with atomic_folder(Path(sys.argv[1])) as tmp:
 
 def test_a_writer_killed_mid_folder_leaves_no_folder_and_its_leftover_is_recognised(tmp_path):
     # A real SIGKILL: no finally block runs.
-    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_WRITING, str(tmp_path / "labels")], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    killed = run_snippet(_KILLED_WHILE_WRITING, str(tmp_path / "labels"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "labels").exists()
     [leftover] = os.listdir(tmp_path)

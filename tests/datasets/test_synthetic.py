@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from datasets import CAMVID_CLASSES, EvalTransform, build_source, full_view
 from datasets.synthetic import generate_synthetic
-from tests.helpers import REPO
+from tests.helpers import run_snippet
 
 SMALL = dict(num_train=4, num_val=2, num_test=1, height=48, width=64, seed=3)
 
@@ -148,8 +146,7 @@ synthetic.generate_synthetic(sys.argv[1], num_train=4, num_val=2, num_test=1, he
 @pytest.mark.slow
 def test_synthetic_generation_killed_midway_leaves_no_partial_set(tmp_path):
     # A real SIGKILL: no except/finally block runs, whatever the generator cleans up on errors.
-    killed = subprocess.run([sys.executable, "-c", _DIE_WHILE_GENERATING, str(tmp_path / "syn")], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    killed = run_snippet(_DIE_WHILE_GENERATING, str(tmp_path / "syn"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "syn").exists()
     root = generate_synthetic(tmp_path / "syn", num_train=4, num_val=2, num_test=1, height=48, width=64, seed=3)

@@ -1,22 +1,15 @@
 """Every shipped config resolves and passes --dry-run on a data tree of the right layout, and the
 paper rows say what the paper's tables say."""
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
 from core.config import CONFIG_DIR, load_config
 from core.distributed import DistContext
-from tests.helpers import REPO
+from tests.helpers import REPO, write_png
 
 CONFIGS = sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
                  for p in CONFIG_DIR.rglob("*.yaml") if "_base_" not in p.parts)
-
-
-def _png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), array)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +20,8 @@ def fake_roots(tmp_path_factory):
     camvid = root / "camvid"
     for split, n in (("train", 20), ("val", 5), ("test", 5)):
         for i in range(n):
-            _png(camvid / split / f"{split}_{i:03d}.png", np.zeros((360, 480, 3), np.uint8))
-            _png(camvid / f"{split}annot" / f"{split}_{i:03d}.png", np.zeros((360, 480), np.uint8))
+            write_png(camvid / split / f"{split}_{i:03d}.png", np.zeros((360, 480, 3), np.uint8))
+            write_png(camvid / f"{split}annot" / f"{split}_{i:03d}.png", np.zeros((360, 480), np.uint8))
     city = root / "cityscapes"
     image, label = np.zeros((8, 16, 3), np.uint8), np.zeros((8, 16), np.uint8)
     ok_i, enc_i = cv2.imencode(".png", image)
@@ -42,8 +35,8 @@ def fake_roots(tmp_path_factory):
     own = root / "folder"
     for split in ("train", "val"):
         for i in range(10):
-            _png(own / split / "images" / f"{i:04d}.png", np.zeros((360, 480, 3), np.uint8))
-            _png(own / split / "labels" / f"{i:04d}.png", np.zeros((360, 480), np.uint8))
+            write_png(own / split / "images" / f"{i:04d}.png", np.zeros((360, 480, 3), np.uint8))
+            write_png(own / split / "labels" / f"{i:04d}.png", np.zeros((360, 480), np.uint8))
     return {"camvid": camvid, "cityscapes": city, "folder": own}
 
 
@@ -110,8 +103,8 @@ def test_camvid_configs_work_at_the_papers_resolution_whatever_the_copy(tmp_path
     from engine.data import source
     from query.pool import RegionGrid
     for i in range(2):
-        _png(tmp_path / "train" / f"f{i}.png", np.zeros((720, 960, 3), np.uint8))
-        _png(tmp_path / "trainannot" / f"f{i}.png", np.zeros((720, 960), np.uint8))
+        write_png(tmp_path / "train" / f"f{i}.png", np.zeros((720, 960, 3), np.uint8))
+        write_png(tmp_path / "trainannot" / f"f{i}.png", np.zeros((720, 960), np.uint8))
     cfg = load_config(config, [f"data.root={tmp_path}", "data.cache_dir=null"])
     assert cfg.data.resize == [360, 480]
     src = source(cfg, "train")

@@ -3,7 +3,6 @@ prediction PNGs against an argmax computed here, unlabeled image folders, and ba
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,20 +14,15 @@ import pytest
 import torch
 
 from datasets.decode import read_label_png
-from tests.helpers import REPO
+from tests.helpers import REPO, run_summary, script_env
 
 MEAN = np.array([0.485, 0.456, 0.406]) * 255   # ImageNet statistics, written out independently
 STD = np.array([0.229, 0.224, 0.225]) * 255
 
 
 def run_evaluate(config: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
     return subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--config", str(config), *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
+                          cwd=cwd, env=script_env("2"), capture_output=True, text=True, timeout=300)
 
 
 def stage_model(weights: Path):
@@ -54,7 +48,7 @@ def read_rgb(path: Path) -> np.ndarray:
 def test_last_stage_equals_the_run_summary_and_json_goes_to_the_stage(al_run, tmp_path):
     result = run_evaluate(al_run["config"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    last = summary(al_run["run"])["stages"][-1]
+    last = run_summary(al_run["run"])["stages"][-1]
     written = json.loads((al_run["run"] / "02_query1" / "eval_val.json").read_text())
     assert written["stage"] == "query1" and written["split"] == "val"
     assert written["miou"] == last["miou"] and written["per_class_iou"] == last["per_class_iou"]
@@ -68,7 +62,7 @@ def test_stage_predictions_equal_an_argmax_computed_here(al_run, tmp_path):
     preds = tmp_path / "preds"
     result = run_evaluate(al_run["config"], "--stage", "teacher", "--save-predictions", str(preds), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    teacher = summary(al_run["run"])["stages"][0]
+    teacher = run_summary(al_run["run"])["stages"][0]
     assert json.loads((al_run["run"] / "00_teacher" / "eval_val.json").read_text())["miou"] == teacher["miou"]
     model = stage_model(al_run["run"] / "00_teacher" / "weights.pth")
     images = sorted((al_run["data"] / "val").glob("*.png"))
@@ -89,7 +83,7 @@ def test_plain_state_dict_outside_a_run_writes_into_the_current_folder(al_run, t
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "eval_val.json"]
     written = json.loads((tmp_path / "eval_val.json").read_text())
-    assert written["miou"] == summary(al_run["run"])["stages"][-1]["miou"] and written["stage"] is None
+    assert written["miou"] == run_summary(al_run["run"])["stages"][-1]["miou"] and written["stage"] is None
 
 
 def test_images_folder_without_labels_is_predicted_at_the_working_size(al_run, tmp_path):

@@ -7,23 +7,20 @@ python does. (A folder another node does not see: tests/core/test_distributed.py
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from tests.helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, free_port, pool_cells,
-                           query_alone_from, write_config)
+                           query_alone_from, script_env, write_config)
 
 pytestmark = pytest.mark.slow
 STAGES = ("00_teacher", "01_query1")
 
 
 def _node(node_rank: int, port: int, config) -> subprocess.Popen:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    for hook in ("S4AL_DIE_AT", "S4AL_PERTURB_RANK"):
-        env.pop(hook, None)
+    env = script_env("1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node_rank),
            "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
            "--rdzv-id", "two-node-test", "--rdzv-conf", f"is_host={'true' if node_rank == 0 else 'false'}",
@@ -75,9 +72,7 @@ def test_torchrun_with_one_process_joins_a_group_and_trains_as_plain_python(al_r
     # `torchrun --nproc_per_node 1` runs the DDP and collective code (gloo here, NCCL on a GPU)
     # in a world of one; the weights must be those of the plain one-process run.
     cfg = write_config(tmp_path, "tiny_al", tmp_path / "run", al_run["data"])
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
-    for hook in ("S4AL_DIE_AT", "S4AL_PERTURB_RANK"):
-        env.pop(hook, None)
+    env = script_env("2")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
                              "train_al.py", "--config", str(cfg)], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)

@@ -4,7 +4,6 @@ Ctrl-C prints one line naming the checkpoint the run resumes from."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,8 @@ import time
 import pytest
 
 from tests.helpers import (DDP_STAGES, REPO, assert_same_weights, final_weights, leftover_temporaries, pool_cells,
-                           run_script, summary_stages, write_config, write_ssl_config)
+                           run_script, script_env, summary_stages, write_config,
+                           write_ssl_config)
 
 pytestmark = pytest.mark.slow
 
@@ -92,8 +92,7 @@ def test_killed_two_rank_run_resumes_to_the_same_result(ddp_run, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_prints_one_line_naming_the_checkpoint_and_log_starts_with_provenance(al_run, tmp_path):
     cfg = write_config(tmp_path, "ctrl_c", tmp_path / "run", al_run["data"])
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    env.pop("S4AL_DIE_AT", None)
+    env = script_env("2")
     proc = subprocess.Popen([sys.executable, "train_al.py", "--config", str(cfg), "stages.teacher.epochs=40"], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoints = tmp_path / "run" / "00_teacher" / "checkpoints"
