@@ -8,7 +8,7 @@ Why PIL and not cv2.imread: cv2.imread crashes the process (segfault) on a file 
 valid UTF-8, even when the file does not exist, and it decodes a truncated JPEG into grey rows
 with nothing but a libjpeg warning on stderr. PIL decodes the bytes we read ourselves and raises
 on a truncated or corrupt file. (Its RGB pixels are the ones cv2 decodes: both use libjpeg-turbo
-and zlib; tests/e2e/test_bad_inputs.py checks a JPEG and a PNG against cv2.imdecode.)
+and zlib; tests/datasets/test_decode.py checks a JPEG and a PNG against cv2.imdecode.)
 
 Label PNGs give their stored indices: 8-bit grey ("L") as is, 1-bit ("1", what
 `Image.fromarray(mask.astype(bool)).save()` writes) as 0/1, and palette ("P", what VOC, CVAT
