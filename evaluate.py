@@ -27,7 +27,7 @@ import argparse  # noqa: E402
 from al.evaluate_stage import evaluate_split, prepare, report  # noqa: E402
 from core import distributed  # noqa: E402
 from core.checkpoint import CorruptCheckpoint  # noqa: E402
-from core.cli import exit_on_input_error, fail, load_config_or_exit  # noqa: E402
+from core.cli import config_parser, exit_on_input_error, fail, load_config_or_exit  # noqa: E402
 from core.errors import InputError  # noqa: E402
 from core.io import writable_folder  # noqa: E402
 from core.precision import configure_backends, resolve_amp  # noqa: E402
@@ -35,8 +35,7 @@ from engine.predict import save_predictions  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="config name under configs/ or a YAML path")
+    parser = config_parser(__doc__)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--stage", help="stage name (or its NN_name folder) of the config's run; "
                                        "default: the last finished stage")
@@ -46,7 +45,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", metavar="DIR",
                         help="predict the png/jpg images of DIR (no labels, no metrics); "
                              "needs --save-predictions")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return parser.parse_intermixed_args()  # overrides may stand before or after the options
 
 

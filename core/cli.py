@@ -17,10 +17,19 @@ from core.io import WriteFailed, printable
 # stage waits for a person's labels (query.oracle=human; summary.json state "waiting_for_labels").
 EXIT_AWAITING_LABELS = 3
 
-def parse_args(description: str) -> argparse.Namespace:
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """A script's parser with what every script takes: --config and key.sub=value overrides
+    (parse with `parse_intermixed_args`: options and overrides in any order)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True,
                         help="config name under configs/ (e.g. table1/camvid/row5) or a YAML path")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    return parser
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The training scripts' command line."""
+    parser = config_parser(description)
     parser.add_argument("--dry-run", action="store_true",
                         help="resolve config, index data, build the model, print a summary, exit")
     parser.add_argument("--overwrite", action="store_true",
@@ -28,7 +37,6 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--import-partial", action="store_true",
                         help="query.oracle=human: import the label files written so far; the other "
                              "queried images stay unlabelled (a later query may ask for them again)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return parser.parse_intermixed_args()  # options and key=value overrides in any order
 
 
