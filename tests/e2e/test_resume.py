@@ -93,8 +93,11 @@ def test_killed_two_rank_run_resumes_to_the_same_result(ddp_run, tmp_path):
 def test_ctrl_c_prints_one_line_naming_the_checkpoint_and_log_starts_with_provenance(al_run, tmp_path):
     cfg = write_config(tmp_path, "ctrl_c", tmp_path / "run", al_run["data"])
     env = script_env("2")
+    # The run starts as from a terminal, with Ctrl-C's default action: a suite launched in the
+    # background (nohup ... &) hands its children SIGINT ignored, and Python then keeps it ignored.
     proc = subprocess.Popen([sys.executable, "train_al.py", "--config", str(cfg), "stages.teacher.epochs=40"], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoints = tmp_path / "run" / "00_teacher" / "checkpoints"
     deadline = time.time() + 240
     while not list(checkpoints.glob("step_*.pth")) and time.time() < deadline and proc.poll() is None:
