@@ -26,7 +26,7 @@ from datasets import SegmentationView
 from engine import data as data_utils
 from engine.figures import query_figure
 from engine.scan import load_scan, save_scan, scan_source
-from models.build import load_weights, make_model, transfer_weights
+from models.build import inference_model, load_weights
 from query import scoring
 from query.strategies import MC_SAMPLES, get_strategy
 from query.pool import LabelPool
@@ -141,11 +141,8 @@ class Experiment:
         started = time.time()
         # bald samples the student's noise (off in eval mode, so the plain prediction is unchanged)
         noisy = strategy is not None and strategy.needs == MC_SAMPLES
-        teacher = make_model(self.cfg.model, self.pool_src.num_classes, rep_head=False, noise=noisy, pretrained="none")
-        transfer_weights(teacher, teacher_state)  # the teacher predicts only: no representation head
-        teacher.to(self.ctx.device)
-        if self.cfg.runtime.channels_last:
-            teacher.to(memory_format=torch.channels_last)
+        teacher = inference_model(self.cfg.model, self.pool_src.num_classes, teacher_state, self.ctx.device,
+                                  channels_last=self.cfg.runtime.channels_last, noise=noisy)
         todo = [i for i in range(len(pool)) if not pool.cells[i].all()]
         vis = todo[: self.cfg.query.vis_images] if score else []
         human = score and self.cfg.query.oracle == "human"  # the annotator is offered the prediction

@@ -18,11 +18,15 @@ from core import distributed as dist_utils
 from core import faults
 from core.config import ConfigError
 from core.io import atomic_write_json
+from datasets import full_view
+from datasets.transforms import image_to_hwc, normalize_images
+from engine.data import eval_transform
 from engine.evaluation import evaluate
 from engine.figures import prediction_figure
 from engine.inference import predict_probs
 from engine.trainer import Trainer
 from models.build import make_model, transfer_weights
+
 
 def fresh_model(model_cfg, stage, num_classes: int, teacher_state: dict | None):
     """A new model for a stage (`model_cfg`: the config's model section), initialised as
@@ -125,9 +129,6 @@ def log_prediction_panel(model, src, ctx, logger, amp, cfg, tag: str, step: int,
     the work is kept small: `count` images, one scale, no flip, windows batched as in evaluation."""
     if not ctx.is_main:
         return
-    from datasets import full_view
-    from datasets.transforms import image_to_hwc, normalize_images
-    from engine.data import eval_transform
     model.eval()
     view = full_view(src, eval_transform())
     rows = []

@@ -300,7 +300,6 @@ class Trainer:
         start = self.restore(labeled_view, unlabeled_view)
         self.bar = tqdm(total=self.total, initial=start, desc=self.name, disable=not self.ctx.is_main,
                         dynamic_ncols=True)
-        self.t0 = time.time()
         for step in range(start, self.total):
             lr = self.step(step)
             self.bar.update(1)

@@ -51,10 +51,12 @@ def load_weights(path: Path) -> dict:
     return ckpt.read_state_dict(path, checksum="required")
 
 
-def inference_model(model_cfg, num_classes: int, state: dict, device: torch.device, *, channels_last: bool):
+def inference_model(model_cfg, num_classes: int, state: dict, device: torch.device, *, channels_last: bool,
+                    noise: bool = False):
     """The model that predicts only (no representation head), strictly loaded from `state`, in
-    eval mode on `device`; channels_last as in training, so its numbers equal the run's own."""
-    model = make_model(model_cfg, num_classes, rep_head=False, noise=False, pretrained="none")
+    eval mode on `device`; channels_last as in training, so its numbers equal the run's own.
+    `noise`: with the student's noise modules (off in eval mode; BALD switches them on)."""
+    model = make_model(model_cfg, num_classes, rep_head=False, noise=noise, pretrained="none")
     transfer_weights(model, state)  # strict: a mismatch raises WeightsMismatch naming the keys
     model.to(device).eval()
     if channels_last:
