@@ -1,7 +1,7 @@
 """What protects a run directory and the files around it.
 
-- `RunLock`: one process (one job: rank 0 holds it for its ranks) per run directory, through an
-  OS lock (flock) on `<run>/.lock`; the kernel releases it when the holder dies, even by SIGKILL.
+- `RunLock`: one process (one job: rank 0 holds it for its ranks) per run directory, through a
+  POSIX record lock on `<run>/.lock`; the kernel releases it when the holder dies, even by SIGKILL.
 - `check_overwrite` / `clear_run`: `--overwrite` deletes only a run directory of this project
   (recognised by the names a run writes), never a folder that is or holds the data set, the
   configs or the project, and never a person's annotation labels (moved aside first, where the
@@ -37,17 +37,23 @@ T = TypeVar("T")
 
 # --------------------------------------------------------------------------- the lock
 class RunLock:
-    """flock on `<root>/.lock`. The file stays empty (taking the lock changes nothing in the run
-    directory); the kernel's lock table says who holds it."""
+    """A POSIX record lock (fcntl F_SETLK, Python's `lockf`) on `<root>/.lock`. The file stays
+    empty (taking the lock changes nothing in the run directory); the kernel's lock table says who
+    holds it.
+
+    Not flock: a flock belongs to the open file, which forked children share, so after a kill -9
+    of the run its DataLoader workers kept the directory locked until they noticed (about 5 s,
+    measured). A record lock belongs to the process alone and is not inherited by fork. Its one
+    pitfall, that closing any descriptor of the file releases it, is why nothing else opens it."""
 
     def __init__(self, root: Path):
         self.root, self.fd = Path(root), None
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.root / LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # a write lock needs a writable descriptor
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: F_SETLK may answer either
             os.close(fd)
             raise ConfigError(f"output_dir {self.root} is in use by process {lock_holder(self.root / LOCK)} "
                               f"(another run on the same directory); wait for it to end or stop it, then run "
@@ -57,7 +63,7 @@ class RunLock:
 
 
 def lock_holder(path: Path) -> str:
-    """The PID holding the flock on `path`, from Linux's /proc/locks ("unknown" elsewhere)."""
+    """The PID holding the record lock on `path`, from Linux's /proc/locks ("unknown" elsewhere)."""
     st = os.stat(path)
     exact = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
@@ -65,8 +71,8 @@ def lock_holder(path: Path) -> str:
             rows = [line.split() for line in f]
     except OSError:
         return "unknown"
-    # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; waiting requests carry a "->" field.
-    held = [r for r in rows if len(r) >= 6 and r[1] == "FLOCK" and r[0] != "->" and "->" not in r]
+    # "1: POSIX  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; waiting requests carry a "->" field.
+    held = [r for r in rows if len(r) >= 6 and r[1] == "POSIX" and r[0] != "->" and "->" not in r]
     for match in (lambda r: r[5] == exact, lambda r: r[5].rsplit(":", 1)[-1] == str(st.st_ino)):
         found = [r[4] for r in held if match(r)]
         if found:

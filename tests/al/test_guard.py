@@ -65,3 +65,31 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
     RunLock(tmp_path).acquire()  # the kernel released it with the process
+
+
+_HOLD_WITH_WORKER = """
+import os, sys, time
+from al.guard import RunLock
+RunLock(sys.argv[1]).acquire()
+worker = os.fork()  # as a DataLoader worker is forked: it inherits every descriptor
+if worker == 0:
+    time.sleep(600)
+    os._exit(0)
+print(worker, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_the_lock_is_free_the_moment_its_holder_is_killed_though_its_forked_worker_lives(tmp_path):
+    from al.guard import RunLock
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WITH_WORKER, str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        os.kill(worker, 0)  # the worker is still alive (raises if not)
+        RunLock(tmp_path).acquire()  # at once: a resume after kill -9 need not wait for the worker
+    finally:
+        os.kill(worker, signal.SIGKILL)

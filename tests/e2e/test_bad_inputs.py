@@ -445,8 +445,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_changed(c, al_run, human_run, 
     before = snapshot(tmp_path)
     lock_fd = None
     if getattr(s, "hold_lock", False):
-        lock_fd = os.open(s.run / ".lock", os.O_RDONLY | os.O_CREAT)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock_fd = os.open(s.run / ".lock", os.O_RDWR | os.O_CREAT)
+        fcntl.lockf(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the kind of lock al/guard.RunLock takes
     try:
         result = run_python(s.script, *s.args, env=s.env)
     finally:
