@@ -10,6 +10,7 @@ from pathlib import Path
 from al.rundir import RunDirectory
 from core import distributed
 from core.checkpoint import read_state_dict
+from core.errors import MissingInput
 from core.io import atomic_write_json
 from datasets import dataset_classes, dataset_palette
 from datasets.camvid import is_list_file
@@ -40,19 +41,19 @@ def stage_weights(cfg, stage: str | None) -> tuple[Path, str]:
     """(weights.pth, stage name) of a finished stage of the config's run directory."""
     run = Path(cfg.output_dir)
     if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"no run of config {cfg.name!r} at {run} (train it first, or pass --weights)")
+        raise MissingInput(f"no run of config {cfg.name!r} at {run} (train it first, or pass --weights)")
     folders = {name: run / RunDirectory.stage_folder(i, name) for i, name in enumerate(cfg.stages)}
     if stage is None:
         finished = [name for name, folder in folders.items() if RunDirectory.stage_done(folder)]
         if not finished:
-            raise FileNotFoundError(f"run {run} has no finished stage yet")
+            raise MissingInput(f"run {run} has no finished stage yet")
         stage = finished[-1]
     by_folder = {folder.name: name for name, folder in folders.items()}
     name = by_folder.get(stage, stage)
     if name not in folders:
         raise ValueError(f"--stage {stage!r}: the stages of {cfg.name} are {list(folders)}")
     if not RunDirectory.stage_done(folders[name]):
-        raise FileNotFoundError(f"--stage {name}: stage not finished (no metrics.json in {folders[name]})")
+        raise MissingInput(f"--stage {name}: stage not finished (no metrics.json in {folders[name]})")
     return folders[name] / "weights.pth", name
 
 
@@ -63,7 +64,7 @@ def chosen_weights(cfg, weights: str | None, stage: str | None) -> tuple[Path, s
         return stage_weights(cfg, stage)
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"--weights: file not found: {path}")
+        raise MissingInput(f"--weights: file not found: {path}")
     return path, None
 
 

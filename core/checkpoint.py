@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from core.io import atomic_write_bytes, atomic_write_text
-from core.errors import RunInputError
+from core.errors import MissingInput, RunInputError
 
 _STEP_FILE = re.compile(r"step_(\d+)\.pth$")
 
@@ -115,7 +115,7 @@ def read_state_dict(path, *, checksum: str, wrappers: tuple[str, ...] = ()) -> d
         raise ValueError(f"read_state_dict: checksum must be one of {CHECKSUM_MODES}, got {checksum!r}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingInput(f"weights file not found: {path}")
     if checksum == "required" or (checksum == "if_present" and Path(f"{path}.sha256").is_file()):
         obj = load_verified(path)
         if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):

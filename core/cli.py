@@ -99,10 +99,11 @@ def exit_on_input_error() -> Iterator[None]:
     2) instead of a traceback. Any other exception is a bug and keeps its traceback."""
     try:
         yield
-    except (InputError, FileNotFoundError, WriteFailed, NonFiniteLoss) as err:
-        # Bad input met mid-run: a file damaged or gone since the scan (raised in a loader
-        # worker, it arrives with the worker's traceback in its text: its last line is the
-        # message), a full disk, a loss that left the finite numbers.
+    except (InputError, WriteFailed, NonFiniteLoss) as err:
+        # Bad input met mid-run: a file damaged or gone since the scan (core.errors.MissingInput;
+        # a bare FileNotFoundError is a bug's, and keeps its traceback), a full disk, a loss that
+        # left the finite numbers. Raised in a loader worker, it arrives with the worker's
+        # traceback in its text, whose last line is "<module>.<Class>: message".
         lines = [line for line in str(err).splitlines() if line.strip()]
         message = lines[-1] if lines else type(err).__name__
-        fail(message.split(": ", 1)[1] if message.startswith(("datasets.", "FileNotFoundError:")) else message)
+        fail(message.removeprefix(f"{type(err).__module__}.{type(err).__qualname__}: "))

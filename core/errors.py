@@ -6,6 +6,12 @@ class InputError(ValueError):
     """Bad input met while running (an unreadable image, a damaged file, an unsafe checkpoint)."""
 
 
+class MissingInput(InputError, FileNotFoundError):
+    """A file or folder that the config or command line names, or that a run needs, is not there;
+    the message names it (and the key). A FileNotFoundError of any other kind is a bug and keeps
+    its traceback."""
+
+
 class RunInputError(InputError):
     """Bad input discovered after the run started (an unsafe checkpoint, a bad annotation file, ...):
     the scripts report it as one `error:` line, like bad input found before the start."""

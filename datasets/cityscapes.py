@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.errors import MissingInput
+
 from .camvid import is_list_file
 from .classes import CITYSCAPES_CLASSES, CITYSCAPES_ID_LUT, CITYSCAPES_TRAINID_LUT
 from .source import SegmentationSource, SourceEntry, read_list_file
@@ -26,7 +28,7 @@ def _label_file(trainid_path: Path) -> tuple[Path, object]:
     id_path = trainid_path.with_name(trainid_path.name[:-len(TRAINID_SUFFIX)] + ID_SUFFIX)
     if id_path.is_file():
         return id_path, CITYSCAPES_ID_LUT
-    raise FileNotFoundError(f"Cityscapes label not found: neither {trainid_path} nor {id_path}")
+    raise MissingInput(f"Cityscapes label not found: neither {trainid_path} nor {id_path}")
 
 
 def _entry(image_path: Path, label_path: Path) -> SourceEntry:
@@ -48,7 +50,7 @@ def _entry(image_path: Path, label_path: Path) -> SourceEntry:
 def cityscapes_entries_from_folders(root: Path, split: str) -> list[SourceEntry]:
     image_dir = root / "leftImg8bit" / split
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"Cityscapes split {split!r}: folder not found: {image_dir}")
+        raise MissingInput(f"Cityscapes split {split!r}: folder not found: {image_dir}")
     entries = []
     for image_path in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}")):
         city = image_path.parent.name

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
-from core.errors import InputError
+from core.errors import InputError, MissingInput
 from core.io import printable  # noqa: F401 (source.py re-exports it)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never grey rows
@@ -52,7 +52,7 @@ def _open(path, kind: str) -> Image.Image:
     """The decoded PIL image of `path` (fully loaded: a truncated file fails here)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{kind} file not found: {printable(path)}")
+        raise MissingInput(f"{kind} file not found: {printable(path)}")
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from .cache import ResizedCache, png_size
+from core.errors import MissingInput
 from core.labels import IGNORE_INDEX, INVALID, check_palette
 from .classes import default_palette
 # read_rgb / read_label_png are looked up here at read time (tests replace them to count decodes).
@@ -66,7 +67,7 @@ def paired_folder_entries(image_dir: Path, label_dir: Path, lut: np.ndarray, *, 
     all) is an entry with label_path None."""
     for folder in (image_dir, label_dir):
         if not folder.is_dir() and not (unlabeled_ok and folder == label_dir):
-            raise FileNotFoundError(f"{what}: folder not found: {folder} (and no list file {list_file})")
+            raise MissingInput(f"{what}: folder not found: {folder} (and no list file {list_file})")
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     entries = []
     for image_path in images:
@@ -74,7 +75,7 @@ def paired_folder_entries(image_dir: Path, label_dir: Path, lut: np.ndarray, *, 
         label_path = label_dir / f"{image_path.stem}.png"
         if not label_path.is_file():
             if not unlabeled_ok:
-                raise FileNotFoundError(f"no label for image {image_path}: expected {label_path}")
+                raise MissingInput(f"no label for image {image_path}: expected {label_path}")
             label_path = None
         entries.append(SourceEntry(image_path.stem, str(image_path), label_path and str(label_path), lut))
     return entries
@@ -86,7 +87,7 @@ def read_list_file(path: str | os.PathLike, unlabeled_ok: bool = False) -> list[
     path = Path(path)
     if not path.is_file():
         where = "" if path.is_absolute() else f" (a split given as a path is relative to the current folder, {printable(Path.cwd())})"
-        raise FileNotFoundError(f"split list file not found: {printable(path)}{where}")
+        raise MissingInput(f"split list file not found: {printable(path)}{where}")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -176,7 +177,7 @@ class SegmentationSource:
         for entry in self._entries:
             for kind, path in (("image", entry.image_path), ("label", entry.label_path)):
                 if path is not None and not os.path.isfile(path):
-                    raise FileNotFoundError(f"{kind} file listed for {entry.id!r} not found: {path}")
+                    raise MissingInput(f"{kind} file listed for {entry.id!r} not found: {path}")
 
     def use_cache(self, folder: str | os.PathLike | None) -> None:
         """Keep pairs that `resize` shrinks in `folder`, resized (see cache.py). At native size,

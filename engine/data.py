@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from datasets import EvalTransform, SegmentationSource, StrongAug, WeakAug, build_source
 from datasets.synthetic import generate_synthetic
 from core.distributed import DistContext
+from core.errors import MissingInput
 
 
 def prepare_data_root(cfg) -> None:
@@ -28,7 +29,7 @@ def prepare_data_root(cfg) -> None:
         generate_synthetic(cfg.data.root, num_train=s.num_train, num_val=s.num_val, num_test=s.num_test,
                            height=s.height, width=s.width, seed=s.seed)
     elif not Path(cfg.data.root).is_dir():
-        raise FileNotFoundError(f"data.root: dataset folder not found: {cfg.data.root}")
+        raise MissingInput(f"data.root: dataset folder not found: {cfg.data.root}")
 
 
 def source(cfg, split: str, unlabeled_ok: bool = False) -> SegmentationSource:

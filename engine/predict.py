@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from core import distributed
+from core.errors import MissingInput
 from core.io import atomic_write_index_png, atomic_write_png, flat_name
 from datasets.classes import colorize
 from datasets.source import IMAGE_SUFFIXES, check_utf8_name, read_rgb, resize_pair
@@ -22,10 +23,10 @@ class ImageFolder(Dataset):
 
     def __init__(self, folder: Path, resize):
         if not folder.is_dir():
-            raise FileNotFoundError(f"--images: folder not found: {folder}")
+            raise MissingInput(f"--images: folder not found: {folder}")
         self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
-            raise FileNotFoundError(f"--images: no .png/.jpg images in {folder}")
+            raise MissingInput(f"--images: no .png/.jpg images in {folder}")
         for path in self.paths:
             check_utf8_name(path)  # its id names the prediction files
         self.ids = [p.stem for p in self.paths]
