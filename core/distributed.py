@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from core.io import atomic_write_text
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -135,9 +137,7 @@ def check_shared_folder(folder, ctx: DistContext, what: str, wait_s: float = 10.
     token = broadcast_object(f"{socket.gethostname()} {os.getpid()} {time.time_ns()}", ctx)
     probe = folder / f".shared-check-{hashlib.sha256(token.encode()).hexdigest()[:16]}"
     if ctx.is_main:
-        tmp = probe.with_name(probe.name + ".tmp")
-        tmp.write_text(token)
-        os.replace(tmp, probe)
+        atomic_write_text(probe, token)  # never seen half-written by another rank
     barrier(ctx)
     seen, deadline = False, time.monotonic() + wait_s
     while True:

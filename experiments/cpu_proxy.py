@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.run_summaries import labeled_pct_reaching  # noqa: E402
+from experiments.run_summaries import DASH, labeled_pct_reaching, number_cell  # noqa: E402
 
 PREFIX = "cpu/camvid/"
 # (our config, the paper row it stands for, the row it is compared with: the previous row)
@@ -49,7 +49,6 @@ FINDINGS = [  # (claim, before, after): the paper says after > before
     ("the longer final cycle helps", "cpu/camvid/row5", "cpu/camvid/row6"),
     ("entropy beats random at equal budget", "cpu/camvid/row6_random", "cpu/camvid/row6"),
 ]
-DASH = "—"
 
 
 def is_cpu_proxy(config: str) -> bool:
@@ -61,12 +60,6 @@ def seed_runs(runs, config) -> list:
     a variant run from the same config with other overrides (e.g. row1_scratch)."""
     name = Path(config).name
     return [r for r in runs.get(config, []) if re.fullmatch(rf"{re.escape(name)}(_seed\d+)?", r.run_dir.name)]
-
-
-def _fmt(value, signed=False):
-    if value is None:
-        return DASH
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def _minutes(seconds):
@@ -142,9 +135,9 @@ def table_lines(paper, runs) -> list:
         ppct = paper_pct.get(paper_row, 100.0 if config == SUPERVISED[0] else None)
         name = f"`{config}` ({paper_row or 'random twin of row 6'})"
         lines.append("| " + " | ".join([
-            name, seeds.cell(), _fmt(ours_change, signed=True), _fmt(p),
-            _fmt(p - p_prev, signed=True) if p is not None and p_prev is not None else DASH,
-            f"{pct} / {_fmt(ppct)}", _last_stage_wall(seeds)]) + " |")
+            name, seeds.cell(), number_cell(ours_change, signed=True), number_cell(p),
+            number_cell(p - p_prev, signed=True) if p is not None and p_prev is not None else DASH,
+            f"{pct} / {number_cell(ppct)}", _last_stage_wall(seeds)]) + " |")
     return lines + [""]
 
 

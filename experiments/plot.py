@@ -8,6 +8,7 @@ matplotlib is only needed here, so it is imported inside the function.
 """
 from pathlib import Path
 
+from core.io import atomic_path
 from experiments.cpu_proxy import is_cpu_proxy
 from experiments.run_summaries import DATASETS, dataset_of, is_active_learning_run
 
@@ -75,9 +76,5 @@ def plot_fig3(runs, paper, out_path):
 
 def save_figure(figure, out_path) -> None:
     figure.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary name then rename: a reader never sees half a PNG.
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    figure.savefig(tmp, format="png", dpi=120)
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:  # a reader never sees half a PNG
+        figure.savefig(tmp, format="png", dpi=120)

@@ -14,6 +14,14 @@ DEFAULT_PAPER_RESULTS = EXPERIMENTS_DIR / "paper_results.yaml"
 PAPER_SECTIONS = ("table1", "random_baselines", "tableS1", "tableS2", "section5_claims", "equal",
                   "tableS3", "tableS4", "al_metric")
 DATASETS = ("camvid", "cityscapes")
+DASH = "—"  # a table cell with no value
+
+
+def number_cell(value, signed: bool = False) -> str:
+    """A table cell for an mIoU, a percentage or a difference of them: two decimals, or DASH."""
+    if value is None:
+        return DASH
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def normalize_config_name(name):

@@ -18,20 +18,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.io import atomic_write_text  # noqa: E402
 from experiments import cpu_proxy  # noqa: E402
 from experiments.run_summaries import (  # noqa: E402
-    DATASETS, DEFAULT_PAPER_RESULTS, EXPERIMENTS_DIR, dataset_of, is_active_learning_run,
-    labeled_pct_reaching, load_paper_results, load_runs, paper_config_names)
-
-DASH = "—"
-
-
-def _num(value):
-    return DASH if value is None else f"{value:.2f}"
-
+    DASH, DATASETS, DEFAULT_PAPER_RESULTS, EXPERIMENTS_DIR, dataset_of, is_active_learning_run,
+    labeled_pct_reaching, load_paper_results, load_runs, number_cell, paper_config_names)
 
 def _diff(ours, paper):
-    return DASH if ours is None or paper is None else f"{ours - paper:+.2f}"
+    return DASH if ours is None or paper is None else number_cell(ours - paper, signed=True)
 
 
 def _duration(seconds):
@@ -66,8 +60,8 @@ def _result_cells(run):
         return {"ours": run.status(), "miou": None, "pct": DASH, "epochs": DASH,
                 "wall": f"{_duration(run.wall_time_s)} so far", "device": run.device}
     last = run.stages[-1]
-    return {"ours": _num(last["miou"]), "miou": last["miou"],
-            "pct": _num(last["labeled_pixel_pct"]), "epochs": str(last["epochs"]),
+    return {"ours": number_cell(last["miou"]), "miou": last["miou"],
+            "pct": number_cell(last["labeled_pixel_pct"]), "epochs": str(last["epochs"]),
             "wall": _duration(run.wall_time_s), "device": run.device}
 
 
@@ -87,8 +81,8 @@ def _comparison_rows(entries, runs, runs_dir):
     rows = []
     for config, paper_miou, paper_pct, paper_epochs in entries:
         for label, ours in _results_of(config, runs, runs_dir):
-            rows.append([label, _num(paper_miou), ours["ours"], _diff(ours["miou"], paper_miou),
-                         f"{_num(paper_pct)} / {ours['pct']}",
+            rows.append([label, number_cell(paper_miou), ours["ours"], _diff(ours["miou"], paper_miou),
+                         f"{number_cell(paper_pct)} / {ours['pct']}",
                          f"{paper_epochs or DASH} / {ours['epochs']}", ours["wall"],
                          ours["device"]])
     return rows
@@ -147,7 +141,7 @@ def _table_s1_section(paper, runs, runs_dir):
         run1, run2 = entry["miou_runs"]
         mean = (run1 + run2) / 2
         for label, ours in _results_of(entry["config"], runs, runs_dir):
-            rows.append([label, entry["labeled_images"], _num(run1), _num(run2), ours["ours"],
+            rows.append([label, entry["labeled_images"], number_cell(run1), number_cell(run2), ours["ours"],
                          _diff(ours["miou"], mean), ours["pct"],
                          f"{entry['epochs']} / {ours['epochs']}", ours["wall"], ours["device"]])
     lines = ["## Table S1 — semi-supervised learning, Cityscapes", ""]
@@ -174,8 +168,8 @@ def _table_s2_section(paper, runs, runs_dir):
     lines = ["## Table S2 — semi-supervised learning, Cityscapes", "",
              "The paper's table (its U2PL column has a header and no values; '—' = not reported; "
              "R50 rows are the paper's ResNet-50 ones):", ""]
-    paper_rows = [[e["ratio"], e["labeled_images"], e["backbone"], _num(e["suponly"]), _num(e["suponly_rep"])]
-                  + [_num(e[key]) for key, _ in S2_METHODS] + [_num(e["s4al_plus"])] for e in paper["tableS2"]]
+    paper_rows = [[e["ratio"], e["labeled_images"], e["backbone"], number_cell(e["suponly"]), number_cell(e["suponly_rep"])]
+                  + [number_cell(e[key]) for key, _ in S2_METHODS] + [number_cell(e["s4al_plus"])] for e in paper["tableS2"]]
     lines += _table(["ratio", "LD images", "backbone", "SupOnly", "SupOnly+Rep"]
                     + [label for _, label in S2_METHODS] + ["S4AL+"], paper_rows)
     header = ["config", "ratio", "backbone", "paper SupOnly", "ours SupOnly (tableS2/suponly_*)",
@@ -184,20 +178,20 @@ def _table_s2_section(paper, runs, runs_dir):
     rows = []
     for e in paper["tableS2"]:
         suponly_text, _ = _final_miou(e["suponly_config"], runs)
-        start = [e["ratio"], e["backbone"], _num(e["suponly"]), suponly_text, _num(e["suponly_rep"])]
+        start = [e["ratio"], e["backbone"], number_cell(e["suponly"]), suponly_text, number_cell(e["suponly_rep"])]
         found = runs.get(e["config"], [])
         if not found:
-            rows.append([e["config"]] + start + ["missing", DASH, _num(e["s4al_plus"]), "missing"])
+            rows.append([e["config"]] + start + ["missing", DASH, number_cell(e["s4al_plus"]), "missing"])
         for run in found:
             stage = run.stage_named(e["stage"])
             final = _result_cells(run)["ours"]
             if stage is None:
                 why = f"no '{e['stage']}' stage" + ("" if run.finished else f" ({run.status()})")
-                rows.append([_run_label(run, runs_dir)] + start + [why, DASH, _num(e["s4al_plus"]), final])
+                rows.append([_run_label(run, runs_dir)] + start + [why, DASH, number_cell(e["s4al_plus"]), final])
             else:
                 rows.append([_run_label(run, runs_dir)] + start +
-                            [_num(stage["miou"]), _diff(stage["miou"], e["suponly_rep"]),
-                             _num(e["s4al_plus"]), final])
+                            [number_cell(stage["miou"]), _diff(stage["miou"], e["suponly_rep"]),
+                             number_cell(e["s4al_plus"]), final])
     lines += ["Ours: SupOnly is `tableS2/suponly_<row>` (the teacher without ReCo); SupOnly+Rep the teacher "
               "stage (CE + ReCo) of the Table S1 config; S4AL+ its final stage.", ""]
     return lines + _table(header, rows)
@@ -246,8 +240,8 @@ def _per_class_section(paper, table_key, runs, runs_dir):
     header = ["row"] + [spec["paper"] for spec in specs] + ["mIoU"]
     rows = []
     for row in table["rows"]:
-        rows.append([f"paper: {row['label']}"] + [_num(v) for v in row["iou"]] +
-                    [_num(row["miou"])])
+        rows.append([f"paper: {row['label']}"] + [number_cell(v) for v in row["iou"]] +
+                    [number_cell(row["miou"])])
         if row["config"] is None:
             continue  # another method's row: a reference line only
         found = runs.get(row["config"], [])
@@ -259,7 +253,7 @@ def _per_class_section(paper, table_key, runs, runs_dir):
                 rows.append([f"{label} — {run.status()}"] + [DASH] * (len(specs) + 1))
                 continue
             values = _per_class_values(run, specs)
-            rows.append([label] + [_num(v) for v in values] + [_num(run.final_miou)])
+            rows.append([label] + [number_cell(v) for v in values] + [number_cell(run.final_miou)])
             rows.append(["difference"] + [_diff(o, p) for o, p in zip(values, row["iou"])] +
                         [_diff(run.final_miou, row["miou"])])
     title = {"tableS3": "Table S3 — per-class IoU, CamVid",
@@ -292,8 +286,8 @@ def _al_metric_section(paper, runs, runs_dir):
             for sup in supervised:
                 pct = labeled_pct_reaching(run.curve, sup.final_miou, fraction)
                 rows.append(start + [_run_label(run, runs_dir),
-                                     f"{_run_label(sup, runs_dir)}: {_num(sup.final_miou)}",
-                                     _num(fraction * sup.final_miou),
+                                     f"{_run_label(sup, runs_dir)}: {number_cell(sup.final_miou)}",
+                                     number_cell(fraction * sup.final_miou),
                                      "not reached" if pct is None else f"{pct:g}%"])
     lines = [f"## Active-learning metric: labeled pixel % at {fraction:.0%} of supervised", ""]
     lines += _table(header, rows)
@@ -344,7 +338,7 @@ def _query_classes_section(paper, runs, runs_dir):
         header = ["class", "entropy: % of revealed", "random: % of revealed", "entropy - random",
                   "pool after the last query (entropy run), %"]
         columns = [_shares(ent, names), _shares(rnd, names), _shares(pool, names)]
-        rows = [[name, _num(e), _num(r), _diff(e, r), _num(p)] for name, e, r, p in zip(names, *columns)]
+        rows = [[name, number_cell(e), number_cell(r), _diff(e, r), number_cell(p)] for name, e, r, p in zip(names, *columns)]
         lines += _table(header, rows)
         lines += [f"Revealed pixels: {sum(ent.values())} (entropy), {sum(rnd.values())} (random), by the "
                   "labels as revealed (ground truth or the annotator's).", ""]
@@ -360,8 +354,8 @@ def _other_runs_section(paper, runs, runs_dir):
         for run in runs[config]:
             last = run.stages[-1] if run.stages else None
             rows.append([_run_label(run, runs_dir), run.status(),
-                         _num(run.final_miou) if run.finished else DASH,
-                         _num(last["labeled_pixel_pct"]) if last else DASH,
+                         number_cell(run.final_miou) if run.finished else DASH,
+                         number_cell(last["labeled_pixel_pct"]) if last else DASH,
                          len(run.stages), _duration(run.wall_time_s), run.device])
     if not rows:
         return []
@@ -458,10 +452,7 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)  # atomic, like every file the project writes
+    atomic_write_text(out, text)  # like every file the project writes
     print(text)
     print(f"report written to {out}")
     return 0
