@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import PREDICTION, Strategy, check_probs, one
+from .base import PREDICTION, Strategy, check_probs
 
 
 def pixel_least_confidence(prob: torch.Tensor) -> torch.Tensor:
@@ -12,6 +12,11 @@ def pixel_least_confidence(prob: torch.Tensor) -> torch.Tensor:
     return 1.0 - prob.amax(dim=1)
 
 
-# The true top is 1 - 1/C; 1 keeps one colour scale for every class count.
+def uniform_least_confidence(num_classes: int) -> float:
+    """The top of the score, reached by the uniform prediction (max p = 1/C)."""
+    return 1.0 - 1.0 / num_classes
+
+
 STRATEGY = Strategy(name="least_confidence", needs=PREDICTION, map_title="per-pixel 1 - max p of the prediction",
-                    bar_label="least confidence 1 - max p (max 1)", max_score=one, pixel_fn=pixel_least_confidence)
+                    bar_label="least confidence 1 - max p (max 1 - 1/C)", max_score=uniform_least_confidence,
+                    pixel_fn=pixel_least_confidence)

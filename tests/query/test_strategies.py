@@ -74,10 +74,20 @@ def test_scores_lie_between_zero_and_the_strategys_maximum(name):
     assert scores.min() >= 0 and scores.max() <= strategy.score_max(C) + 1e-12
 
 
+@pytest.mark.parametrize("name", ["entropy", "margin", "least_confidence"])
+@pytest.mark.parametrize("classes", [2, 11, 19])
+def test_the_uniform_prediction_reaches_the_strategys_maximum(name, classes):
+    """The top of a panel's colour scale is a score a pixel can have: that of the uniform softmax."""
+    uniform = torch.full((1, classes, 2, 2), 1.0 / classes, dtype=torch.float64)
+    scores = get_strategy(name).pixel_scores(uniform)
+    np.testing.assert_allclose(scores.numpy(), get_strategy(name).score_max(classes), rtol=0, atol=1e-12)
+
+
 def test_the_panel_scale_is_the_strategys_maximum():
     assert get_strategy("entropy").score_max(11) == pytest.approx(math.log(11))
     assert get_strategy("bald").score_max(19) == pytest.approx(math.log(19))
-    assert get_strategy("margin").score_max(11) == 1.0 and get_strategy("least_confidence").score_max(11) == 1.0
+    assert get_strategy("margin").score_max(11) == 1.0
+    assert get_strategy("least_confidence").score_max(11) == pytest.approx(10 / 11)
     for name, strategy in STRATEGIES.items():
         words = name.replace("_", " ").split()[:1] + (["mutual"] if name == "bald" else [])
         assert any(w in strategy.bar_label for w in words), (name, strategy.bar_label)
