@@ -13,6 +13,7 @@ import torch
 from al import guard, oracle
 from al.checks import RunPlan
 from al.pseudo import StalePass, load_pass, pseudo_label_pass, save_pass
+from al.query_step import class_pixel_shares, select_regions, write_query_panels
 from al.reuse import copy_finished_stage
 from al.rundir import RunDirectory, describe_device, read_stage_record, with_query_stats
 from al.train_stage import RunContext, StageJob, fresh_model, train_and_evaluate
@@ -20,17 +21,13 @@ from core import distributed as dist_utils
 from core import faults
 from core.cli import provenance
 from core.config import dump_config
-from core.io import atomic_write_png, flat_name
 from core.logger import RunLogger
 from datasets import SegmentationView
 from engine import data as data_utils
-from engine.figures import query_figure
 from engine.scan import load_scan, save_scan, scan_source
 from models.build import inference_model, load_weights
-from query import scoring
 from query.strategies import MC_SAMPLES, get_strategy
 from query.pool import LabelPool
-from query.visualize import query_panel
 
 
 class Experiment:
@@ -163,7 +160,7 @@ class Experiment:
         oracle (ground truth, or a human annotator: this may stop the run until the labels are
         there) and count what they hold."""
         q = self.cfg.query
-        new, budget, scores = self._select(index, pool, scored)
+        new, budget, scores = select_regions(q, self.grid, pool, scored, stage_seed=self.cfg.seed * 1000 + index)
         faults.reached("before_reveal")
         imported = None
         if q.oracle == "human" and new.any():  # nothing selected: nothing to ask anyone
@@ -181,30 +178,19 @@ class Experiment:
             new = labelled  # a partial import reveals only the images that were labelled
         next_pool = pool.reveal(new, budget)
         next_pool.check_grows_from(pool)
-        self._query_panels(index, name, pool, new, scored, scores)
+        if self.ctx.is_main:
+            write_query_panels(self.run.stage_dir(index, name) / "query_vis", q.strategy, self.pool_src, self.grid,
+                               pool, new, scored, scores, q.vis_images,
+                               show=lambda image_id, panel: self.logger.image(f"{name}/query_{image_id}", panel, index))
         stats = oracle.class_pixels(self.pool_src, next_pool, new, self.human_labels(index + 1), self.ctx)
         if imported is not None:
             stats["human_import"] = imported
         self.query_stats[index] = stats
-        self._log_class_pixels(index, stats)
+        self.logger.scalars(class_pixel_shares(stats), index)
         pct = self.labeled_pct(next_pool)
         self.logger.log(f"[{name}] queried {int(new.sum())} regions ({q.strategy}, {q.selection}, oracle "
                         f"{q.oracle}); labeled pixels {self.labeled_pct(pool):.2f}% -> {pct:.2f}%")
         return next_pool
-
-    def _select(self, index: int, pool: LabelPool, scored: dict) -> tuple[np.ndarray, int, np.ndarray]:
-        """(new cells, budget, the region scores ranked). Only the scores and the pool decide —
-        never the labels of unlabeled images, which a real query step does not have. Identical on
-        every rank (gathered scores; random's are drawn from the stage's seed)."""
-        q, n = self.cfg.query, len(pool)
-        eligible = scoring.eligible_cells(pool.cells, scored["has_scores"])
-        if q.selection == "per_image":
-            count, budget = q.regions_per_image, q.regions_per_image * n
-        else:
-            cell_area = q.region_size[0] * q.region_size[1]
-            count = budget = int(q.budget_pct / 100 * n * self.grid.height * self.grid.width // cell_area)
-        scores = get_strategy(q.strategy).selection_scores(scored["scores"], seed=self.cfg.seed * 1000 + index)
-        return scoring.select(scores, eligible, q.selection, count), budget, scores
 
     def _stage_dirs(self, count: int) -> list[Path]:
         """The folders of the first `count` stages, in order."""
@@ -213,33 +199,6 @@ class Experiment:
     def human_labels(self, count: int) -> dict[int, str]:
         """{image index: newest human-label PNG} after the first `count` stages."""
         return oracle.human_label_paths(self._stage_dirs(count), self.pool_src.ids)
-
-    def _log_class_pixels(self, index: int, stats: dict) -> None:
-        """TensorBoard: each class's share (%) of the revealed and of the pool's labeled pixels."""
-        for key, tag in (("queried_class_pixels", "revealed"), ("pool_class_pixels", "pool")):
-            total = max(sum(stats[key].values()), 1)
-            self.logger.scalars({f"query_{tag}_pct/{c}": 100.0 * v / total for c, v in stats[key].items()}, index)
-
-    def _query_panels(self, index, name, pool, new, scored, scores) -> None:
-        """query_vis/: the first query.vis_images images with the strategy's map and its colour
-        bar (0 .. the strategy's maximum, the same for every cycle; or, for a strategy whose panel
-        scale is "observed", 0 .. the largest value of this query's pictured maps)."""
-        if not self.ctx.is_main:
-            return
-        folder = self.run.stage_dir(index, name) / "query_vis"
-        strategy = get_strategy(self.cfg.query.strategy)
-        pictured = np.flatnonzero(scored["has_scores"])[: self.cfg.query.vis_images].tolist()
-        maps = {i: strategy.panel_map(scored["maps"][i].astype(np.float32) if i in scored["maps"] else None,
-                                      scores[i], self.grid) for i in pictured}
-        top = strategy.score_max(self.pool_src.num_classes)
-        if strategy.panel_scale == "observed" and maps:
-            top = max(float(max(v.max() for v in maps.values())), 1e-6)  # all-zero maps: still a scale
-        for i, values in maps.items():
-            image, _ = self.pool_src.read(i)
-            panel = query_figure(query_panel(image, values, self.grid, pool.cells[i], new[i], score_max=top),
-                                 top, strategy.map_title, strategy.bar_label)
-            atomic_write_png(folder / f"{flat_name(self.pool_src.ids[i])}.png", panel)
-            self.logger.image(f"{name}/query_{self.pool_src.ids[i]}", panel, index)
 
     # ------------------------------------------------------------------ training
     def views(self, pool: LabelPool, pseudo_dir: Path | None, human_paths: dict[int, str]):

@@ -1,18 +1,16 @@
 """Table 1's labelled percentages: the `_pct` twins (global selection with `query.budget_pct`)
 end where Table 1 says (12.1% CamVid; 11.3 / 12.6 / 13.8 / 15.1% Cityscapes), the four-regions
 rows where experiments/NOTES.md says (11.95%; 11.42 / 12.83 / 14.23 / 15.64%). The pool grows
-through the pipeline's own selection (`Experiment._select`) and LabelPool accounting, on random
+through the pipeline's own selection (`al.query_step.select_regions`) and LabelPool accounting, on random
 scores: which cells are picked does not change how many pixels they cost."""
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
 
 from core.config import load_config
-from al.experiment import Experiment
+from al.query_step import select_regions
 from query.pool import LabelPool, RegionGrid
 from tests.helpers import REPO
 
@@ -25,7 +23,6 @@ def labeled_pct_after_queries(name: str) -> list[float]:
     grid = RegionGrid(h, w, tuple(cfg.query.region_size))
     ids = [f"img{i:04d}" for i in range(POOL_IMAGES[cfg.data.dataset])]
     pool = LabelPool.initial(ids, grid, fraction=cfg.query.initial_fraction, seed=cfg.seed)
-    fake = SimpleNamespace(cfg=cfg, grid=grid)
     rng = np.random.default_rng(0)
     out = []
     for index, stage in enumerate(cfg.stages.values()):
@@ -33,7 +30,7 @@ def labeled_pct_after_queries(name: str) -> list[float]:
             continue
         scored = {"scores": rng.random((len(ids), *grid.shape)).astype(np.float32),
                   "has_scores": ~pool.cells.reshape(len(ids), -1).all(axis=1)}
-        new, budget, _ = Experiment._select(fake, index, pool, scored)
+        new, budget, _ = select_regions(cfg.query, grid, pool, scored, stage_seed=cfg.seed * 1000 + index)
         pool = pool.reveal(new, budget)
         out.append(100.0 * pool.labeled_pixel_fraction())
     return out
@@ -56,3 +53,14 @@ def test_pct_twins_end_at_table_1s_percentages(row):
 def test_four_regions_rows_end_where_the_notes_say():
     assert labeled_pct_after_queries("table1/camvid/row6")[-1] == pytest.approx(11.955, abs=1e-3)
     assert [round(p, 2) for p in labeled_pct_after_queries("table1/cityscapes/row9")] == [11.42, 12.83, 14.23, 15.64]
+
+
+def test_class_pixel_shares_are_each_classs_percentage_of_its_own_count():
+    from al.query_step import class_pixel_shares
+    stats = {"queried_class_pixels": {"road": 30, "sky": 10, "sign": 0},
+             "pool_class_pixels": {"road": 500, "sky": 300, "sign": 200}}
+    assert class_pixel_shares(stats) == {
+        "query_revealed_pct/road": 75.0, "query_revealed_pct/sky": 25.0, "query_revealed_pct/sign": 0.0,
+        "query_pool_pct/road": 50.0, "query_pool_pct/sky": 30.0, "query_pool_pct/sign": 20.0}
+    nothing = {"queried_class_pixels": {"road": 0}, "pool_class_pixels": {"road": 0}}
+    assert class_pixel_shares(nothing) == {"query_revealed_pct/road": 0.0, "query_pool_pct/road": 0.0}
