@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from al.rundir import RunDirectory, comparable_config
-from core.config import ConfigError, load_config, with_new_defaults
+from core.config import ConfigError, load_config
+from core.schema import with_new_defaults
 from core.io import atomic_folder
 
 def _without(cfg_dict: dict, keys) -> dict:

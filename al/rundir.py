@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from core import distributed as dist_utils
-from core.config import ConfigError, save_config, with_new_defaults
+from core.config import ConfigError, save_config
+from core.schema import with_new_defaults
 from core.errors import InputError
 from core.io import atomic_write_json, read_json, remove_stale_temporaries, writable_folder
 

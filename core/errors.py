@@ -2,6 +2,10 @@
 and exit code 2 (core/cli.py); any other exception keeps its traceback."""
 
 
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and the file."""
+
+
 class InputError(ValueError):
     """Bad input met while running (an unreadable image, a damaged file, an unsafe checkpoint)."""
 

@@ -21,7 +21,7 @@ def test_stage_record_keeps_the_final_miou_and_the_best_evaluation_with_its_step
 
 def test_a_run_saved_before_a_key_existed_resumes_and_a_changed_value_still_does_not(tmp_path):
     from al.rundir import check_output_dir
-    from core.config import with_new_defaults
+    from core.schema import with_new_defaults
     cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}"])
     older = cfg.to_dict()
     del older["query"]["mc_passes"]           # written by the code before query.mc_passes existed

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import SCHEMA, ConfigError, load_config
+from core.config import ConfigError, load_config
+from core.schema import SCHEMA
 from query.pool import RegionGrid
 from query.scoring import select
 from query.strategies import STRATEGIES, get_strategy
