@@ -21,7 +21,7 @@ import yaml
 
 from core.config_limits import check_ranges
 from core.errors import ConfigError  # noqa: F401 (re-exported: callers catch core.config.ConfigError)
-from core.schema import SCHEMA, STAGE_SCHEMA
+from core.schema import BACKBONE_NOISE, SCHEMA, STAGE_SCHEMA
 from core.labels import check_classes, check_palette, folder_lut
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -331,7 +331,7 @@ def _check_strategy(query: dict, model: dict, fail) -> None:
     if query["mc_passes"] < 2:
         fail("query.mc_passes", f"must be at least 2 (bald compares noisy passes), got {query['mc_passes']}")
     if query["strategy"] == "bald":
-        noise = "stochastic_depth" if model["backbone"].startswith("resnet") else "dropout"
+        noise = BACKBONE_NOISE[model["backbone"]]
         if model[noise] <= 0:
             fail("query.strategy", f"bald samples the student's noise, but model.{noise} (the noise of "
                                    f"{model['backbone']}) is {model[noise]}; set it above 0")

@@ -67,6 +67,12 @@ def _check_kind_list(value: Any, where: str) -> list:
     return list(value)
 
 
+# Each backbone, with the `model` key that is its student noise (paper Sec. 3.3): dropout before
+# the classifier for MobileNetV2 and EfficientNet-Lite0, stochastic depth on the residual blocks
+# for the ResNets. models/build.py applies it; the config check for bald reads it.
+BACKBONE_NOISE = {"mobilenet_v2": "dropout", "efficientnet_lite0": "dropout",
+                  "resnet50": "stochastic_depth", "resnet101_deepstem": "stochastic_depth"}
+
 STAGE_KINDS = ("supervised", "self_train", "query")
 
 # Per-stage settings; `stage_defaults` holds the same keys and fills whatever a stage omits.
@@ -133,7 +139,7 @@ SCHEMA: dict = {
         "cutout_p": Field("float", 0.5), "cutout_frac": Field("float2", [0.02, 0.2]),
     },
     "model": {
-        "backbone": Field("str", "mobilenet_v2", choices=("mobilenet_v2", "resnet50", "resnet101_deepstem", "efficientnet_lite0")),
+        "backbone": Field("str", "mobilenet_v2", choices=tuple(BACKBONE_NOISE)),
         "output_stride": Field("int", 16, choices=(8, 16)),
         "pretrained": Field("str", "imagenet", doc="imagenet | none | path to a local .pth"),
         "rep_dim": Field("int", 256),

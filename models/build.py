@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from core import checkpoint as ckpt
+from core.schema import BACKBONE_NOISE
 from .deeplab import build_model
 
 REP_HEAD = "representation_head."  # parameters that exist only in models trained with ReCo
@@ -18,12 +19,12 @@ def make_model(model_cfg, num_classes: int, *, rep_head: bool, noise: bool, pret
     stochastic depth on the residual blocks for the ResNets. `pretrained` overrides
     `model_cfg.pretrained` (e.g. "none" when the weights come from a checkpoint anyway)."""
     m = model_cfg
-    resnet = m.backbone.startswith("resnet")
+    noise_key = BACKBONE_NOISE[m.backbone] if noise else None
     return build_model(backbone=m.backbone, num_classes=num_classes, output_stride=m.output_stride,
                        pretrained=m.pretrained if pretrained is None else pretrained,
                        rep_dim=m.rep_dim, rep_head=rep_head,
-                       dropout=m.dropout if noise and not resnet else 0.0,
-                       stochastic_depth=m.stochastic_depth if noise and resnet else 0.0)
+                       dropout=m.dropout if noise_key == "dropout" else 0.0,
+                       stochastic_depth=m.stochastic_depth if noise_key == "stochastic_depth" else 0.0)
 
 
 class WeightsMismatch(RuntimeError):

@@ -144,6 +144,36 @@ def test_noise_only_in_train_mode(backbone, noise):
         assert torch.allclose(noisy(x), clean(x), atol=1e-6)  # eval: noise is off
 
 
+# The paper's student noise per backbone (Sec. 3.3), written out here rather than read from the code.
+PAPER_NOISE = {"mobilenet_v2": "dropout", "efficientnet_lite0": "dropout",
+               "resnet50": "stochastic_depth", "resnet101_deepstem": "stochastic_depth"}
+
+
+def _noise_rates(model) -> dict:
+    from torchvision.ops import StochasticDepth
+    rates = {"dropout": 0.0, "stochastic_depth": 0.0}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            rates["dropout"] = max(rates["dropout"], module.p)
+        elif isinstance(module, StochasticDepth):
+            rates["stochastic_depth"] = max(rates["stochastic_depth"], module.p)
+    return rates
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_make_model_gives_each_backbone_its_own_noise_and_no_other(backbone):
+    from types import SimpleNamespace
+    from core.schema import BACKBONE_NOISE
+    from models.build import make_model
+    assert set(BACKBONE_NOISE) == set(BACKBONES) == set(PAPER_NOISE)
+    cfg = SimpleNamespace(backbone=backbone, output_stride=16, pretrained="none", rep_dim=16, dropout=0.3,
+                          stochastic_depth=0.2)
+    noisy = _noise_rates(make_model(cfg, 3, rep_head=False, noise=True))
+    expected = {"dropout": 0.0, "stochastic_depth": 0.0, PAPER_NOISE[backbone]: cfg.__dict__[PAPER_NOISE[backbone]]}
+    assert noisy == pytest.approx(expected)
+    assert _noise_rates(make_model(cfg, 3, rep_head=False, noise=False)) == {"dropout": 0.0, "stochastic_depth": 0.0}
+
+
 def test_stochastic_depth_rates_follow_linear_rule():
     model = build_model("resnet50", num_classes=3, rep_head=False, stochastic_depth=0.32)
     blocks = [b for layer in (model.backbone.layer1, model.backbone.layer2, model.backbone.layer3,
