@@ -13,6 +13,10 @@ config: runs/cpu/camvid/row2, runs/cpu/camvid/row2_seed1, ...). The rule, stated
   seed spread (max - min) of either row, and it has the paper's sign / the other sign;
 - "not resolved": the change is inside the seed spread;
 - "cannot tell": fewer than 2 seeds on a side (no spread to compare with).
+With 2 seeds or more on both sides, the verdict also lists the change within each seed: a row and
+the row before it share their earlier stages seed by seed (row 6 and its random twin the same
+teacher and student), so these paired changes show whether the sign holds seed by seed. They do
+not change the verdict: with a few pairs they are a reading, not a test.
 
     python experiments/cpu_proxy.py [runs_dir=runs]      # the Markdown table and findings
     (experiments/summarize.py includes the same section and draws experiments/fig3_cpu.png)
@@ -72,6 +76,9 @@ class Seeds:
     def __init__(self, runs):
         self.runs = [r for r in runs if r.finished]
         self.mious = [r.final_miou for r in self.runs]
+        # runs/<config> is seed 0 (reproduce.py's default), runs/<config>_seed<S> seed S
+        self.by_seed = {int(m.group(1)) if (m := re.search(r"_seed(\d+)$", r.run_dir.name)) else 0: r.final_miou
+                        for r in self.runs}
 
     @property
     def n(self):
@@ -100,10 +107,13 @@ def verdict(before: Seeds, after: Seeds, paper_sign: int = 1) -> str:
         return "cannot tell (not run)"
     change = after.mean - before.mean
     spread = max(before.spread, after.spread)
+    paired = sorted(set(before.by_seed) & set(after.by_seed))
+    per_seed = ", ".join(f"{after.by_seed[s] - before.by_seed[s]:+.2f} (seed {s})" for s in paired)
+    per_seed = f"; per seed: {per_seed}" if len(paired) >= 2 else ""
     if abs(change) <= spread:
-        return f"not resolved: {change:+.2f} is inside the seed spread {spread:.2f}"
+        return f"not resolved: {change:+.2f} is inside the seed spread {spread:.2f}{per_seed}"
     word = "supports" if change * paper_sign > 0 else "contradicts"
-    return f"{word}: {change:+.2f}, beyond the seed spread {spread:.2f}"
+    return f"{word}: {change:+.2f}, beyond the seed spread {spread:.2f}{per_seed}"
 
 
 def _paper_miou(paper, config):

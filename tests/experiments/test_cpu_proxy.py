@@ -29,6 +29,9 @@ def test_verdict_follows_the_stated_rule():
     assert cpu_proxy.verdict(a, c).startswith("not resolved: +0.30 is inside the seed spread 1.20")
     d = cpu_proxy.Seeds([_run("d", "d", [41.0]), _run("d", "d_seed1", [41.2])])        # spread 0.2
     assert cpu_proxy.verdict(a, d).startswith("not resolved: +0.60")                   # the wider spread counts
+    assert cpu_proxy.verdict(a, b).endswith("; per seed: +2.00 (seed 0), +1.40 (seed 1)")  # 42-40, 42.4-41
+    three = cpu_proxy.Seeds([_run("t", "t_seed1", [43.0]), _run("t", "t", [41.5]), _run("t", "t_seed2", [44.0])])
+    assert cpu_proxy.verdict(a, three).endswith("; per seed: +1.50 (seed 0), +2.00 (seed 1)")  # seed 2: no pair
     one = cpu_proxy.Seeds([_run("w", "w", [45.0])])
     assert cpu_proxy.verdict(a, one) == "cannot tell (1 seed): +4.50"
     assert cpu_proxy.verdict(a, cpu_proxy.Seeds([])) == "cannot tell (not run)"
