@@ -8,7 +8,10 @@ with the paper's; the *changes* between rows are, one finding at a time:
     the longer final cycle helps (5 -> 6), entropy beats random at equal budget (random -> 6).
 
 A finding is read from the seeds of both rows (every run directory whose summary names the
-config: runs/cpu/camvid/row2, runs/cpu/camvid/row2_seed1, ...). The rule, stated once:
+config: runs/cpu/camvid/row2, runs/cpu/camvid/row2_seed1, ...). A row's change is the difference
+of the two rows' means over the seeds both have (all of them once both rows ran the same seeds):
+a row with seed 0 only is compared with seed 0 of the row before, not with a mean that holds a
+seed it never ran. The rule, stated once:
 - "supports" / "contradicts": at least 2 seeds on each side, the mean change is larger than the
   seed spread (max - min) of either row, and it has the paper's sign / the other sign;
 - "not resolved": the change is inside the seed spread;
@@ -100,20 +103,28 @@ class Seeds:
         return f"{self.mean:.2f} ± {self.spread / 2:.2f} ({self.n} seeds: {', '.join(f'{m:.2f}' for m in self.mious)})"
 
 
+def change(before: Seeds, after: Seeds) -> float | None:
+    """`after` minus `before`: over the seeds both rows have, else (no seed in common) over all."""
+    common = set(before.by_seed) & set(after.by_seed)
+    if common:
+        return statistics.fmean(after.by_seed[s] - before.by_seed[s] for s in common)
+    return after.mean - before.mean if before.n and after.n else None
+
+
 def verdict(before: Seeds, after: Seeds, paper_sign: int = 1) -> str:
     if before.n < 2 or after.n < 2:
         if before.n and after.n:
-            return f"cannot tell ({min(before.n, after.n)} seed): {after.mean - before.mean:+.2f}"
+            return f"cannot tell ({min(before.n, after.n)} seed): {change(before, after):+.2f}"
         return "cannot tell (not run)"
-    change = after.mean - before.mean
+    diff = change(before, after)
     spread = max(before.spread, after.spread)
     paired = sorted(set(before.by_seed) & set(after.by_seed))
     per_seed = ", ".join(f"{after.by_seed[s] - before.by_seed[s]:+.2f} (seed {s})" for s in paired)
     per_seed = f"; per seed: {per_seed}" if len(paired) >= 2 else ""
-    if abs(change) <= spread:
-        return f"not resolved: {change:+.2f} is inside the seed spread {spread:.2f}{per_seed}"
-    word = "supports" if change * paper_sign > 0 else "contradicts"
-    return f"{word}: {change:+.2f}, beyond the seed spread {spread:.2f}{per_seed}"
+    if abs(diff) <= spread:
+        return f"not resolved: {diff:+.2f} is inside the seed spread {spread:.2f}{per_seed}"
+    word = "supports" if diff * paper_sign > 0 else "contradicts"
+    return f"{word}: {diff:+.2f}, beyond the seed spread {spread:.2f}{per_seed}"
 
 
 def _paper_miou(paper, config):
@@ -138,7 +149,7 @@ def table_lines(paper, runs) -> list:
     for config, paper_row, previous in ROWS + [(SUPERVISED[0], SUPERVISED[1], None)]:
         seeds = Seeds(seed_runs(runs, config))
         before = Seeds(seed_runs(runs, previous)) if previous else None
-        ours_change = (seeds.mean - before.mean) if before and seeds.n and before.n else None
+        ours_change = change(before, seeds) if before else None
         p = _paper_miou(paper, paper_row)
         p_prev = _paper_miou(paper, dict((c, r) for c, r, _ in ROWS).get(previous)) if previous else None
         pct = f"{seeds.runs[0].stages[-1]['labeled_pixel_pct']:.2f}" if seeds.n else DASH

@@ -33,7 +33,11 @@ def test_verdict_follows_the_stated_rule():
     three = cpu_proxy.Seeds([_run("t", "t_seed1", [43.0]), _run("t", "t", [41.5]), _run("t", "t_seed2", [44.0])])
     assert cpu_proxy.verdict(a, three).endswith("; per seed: +1.50 (seed 0), +2.00 (seed 1)")  # seed 2: no pair
     one = cpu_proxy.Seeds([_run("w", "w", [45.0])])
-    assert cpu_proxy.verdict(a, one) == "cannot tell (1 seed): +4.50"
+    assert cpu_proxy.verdict(a, one) == "cannot tell (1 seed): +5.00"  # 45 - 40, seed 0's (not the mean 40.5)
+    assert cpu_proxy.verdict(one, a) == "cannot tell (1 seed): -5.00"
+    only_seed1 = cpu_proxy.Seeds([_run("v", "v_seed1", [44.0])])
+    assert cpu_proxy.verdict(a, only_seed1) == "cannot tell (1 seed): +3.00"  # 44 - 41, seed 1's
+    assert cpu_proxy.verdict(one, only_seed1) == "cannot tell (1 seed): -1.00"  # no seed in common: the means
     assert cpu_proxy.verdict(a, cpu_proxy.Seeds([])) == "cannot tell (not run)"
 
 
@@ -64,6 +68,10 @@ def test_table_puts_our_change_beside_the_papers():
     cells = [c.strip() for c in row4.strip("|").split("|")]
     assert cells[2] == "+1.50" and cells[4] == "+0.81"      # both against row 2 (41.00 - 39.50; 60.92 - 60.11)
     assert cells[6] == "s1: 2.0 min"                         # the row's own (last) stage
+    runs = _runs(_run("cpu/camvid/row2", "cpu/camvid/row2", [42.0]), _run("cpu/camvid/row2", "cpu/camvid/row2_seed1", [40.0]),
+                 _run("cpu/camvid/row3", "cpu/camvid/row3", [43.0]))
+    row3 = next(line for line in cpu_proxy.table_lines(paper, runs) if line.startswith("| `cpu/camvid/row3`"))
+    assert [c.strip() for c in row3.strip("|").split("|")][2] == "+1.00"  # 43 - 42 (seed 0), not 43 - 41 (the mean)
 
 
 def test_95_percent_check_uses_our_supervised_run():
