@@ -69,6 +69,12 @@ def seed_runs(runs, config) -> list:
     return [r for r in runs.get(config, []) if re.fullmatch(rf"{re.escape(name)}(_seed\d+)?", r.run_dir.name)]
 
 
+def seed_of(run) -> int:
+    """runs/<config> is seed 0 (reproduce.py's default), runs/<config>_seed<S> seed S."""
+    found = re.search(r"_seed(\d+)$", run.run_dir.name)
+    return int(found.group(1)) if found else 0
+
+
 def _minutes(seconds):
     return f"{seconds / 60:.1f} min"
 
@@ -79,9 +85,7 @@ class Seeds:
     def __init__(self, runs):
         self.runs = [r for r in runs if r.finished]
         self.mious = [r.final_miou for r in self.runs]
-        # runs/<config> is seed 0 (reproduce.py's default), runs/<config>_seed<S> seed S
-        self.by_seed = {int(m.group(1)) if (m := re.search(r"_seed(\d+)$", r.run_dir.name)) else 0: r.final_miou
-                        for r in self.runs}
+        self.by_seed = {seed_of(r): r.final_miou for r in self.runs}
 
     @property
     def n(self):
@@ -218,12 +222,15 @@ def section_lines(paper, runs, fraction=0.95) -> list:
     return lines
 
 
+PLOT_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:red", "tab:gray")
+
+
 def plot_cpu_proxy(paper, runs, out_path) -> None:
     """Fig. 3-style: mIoU against labeled %, the paper's Table 1 CamVid points (left) and the
     proxy's runs (right), each with its own supervised-100% level and 95% line."""
     from experiments.plot import _import_matplotlib, save_figure
     Figure, FigureCanvasAgg = _import_matplotlib()
-    figure = Figure(figsize=(13, 5))
+    figure = Figure(figsize=(15, 5))
     FigureCanvasAgg(figure)
     left = figure.add_subplot(1, 2, 1)
     rows = paper["table1"]["camvid"]
@@ -236,23 +243,25 @@ def plot_cpu_proxy(paper, runs, out_path) -> None:
     left.axhline(paper_sup, color="gray", linestyle=":", label=f"paper supervised 100% ({paper_sup:.2f})")
     left.axhline(0.95 * paper_sup, color="gray", linestyle="--", label=f"95% of it ({0.95 * paper_sup:.2f})")
     right = figure.add_subplot(1, 2, 2)
-    for config, _, _ in ROWS:
-        for run in seed_runs(runs, config):
-            if not run.stages:
-                continue
+    # One colour per config, its seeds alike: filled markers for seed 0, hollow for the others, so
+    # the seed spread shows as points of one colour. Named once, at the seed-0 run's last point.
+    for colour, (config, _, _) in zip(PLOT_COLOURS, ROWS):
+        seeds = Seeds(seed_runs(runs, config))
+        random_query = config.endswith("_random")
+        for n, run in enumerate(sorted(seeds.runs, key=seed_of)):
+            seed = seed_of(run)
             xs, ys = zip(*run.curve)
-            random_query = config.endswith("_random")
             right.plot(xs, ys, linestyle="--" if random_query else "-", marker="s" if random_query else "o",
-                       markersize=4, linewidth=1.0, alpha=0.8,
-                       label=f"{config.removeprefix(PREFIX)} ({run.run_dir.name})"
-                             + ("" if run.finished else f" [{run.status()}]"))
-            right.annotate(run.run_dir.name, (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, -3),
-                           fontsize=8)
+                       markersize=5, linewidth=1.0, color=colour, markerfacecolor=colour if seed == 0 else "white",
+                       label=f"{config.removeprefix(PREFIX)} ({seeds.n} seeds)" if n == 0 else None)
+            if seed == 0:
+                right.annotate(config.removeprefix(PREFIX), (xs[-1], ys[-1]), textcoords="offset points",
+                               xytext=(6, -3), fontsize=8, color=colour)
     supervised = Seeds(seed_runs(runs, SUPERVISED[0]))
     if supervised.n:
-        right.axhline(supervised.mean, color="tab:red", linestyle=":",
+        right.axhline(supervised.mean, color="black", linestyle=":",
                       label=f"ours supervised 100% ({supervised.mean:.2f})")
-        right.axhline(0.95 * supervised.mean, color="tab:red", linestyle="--",
+        right.axhline(0.95 * supervised.mean, color="black", linestyle="--",
                       label=f"95% of it ({0.95 * supervised.mean:.2f})")
     right.set_title("(b) CamVid, CPU-scale proxy\n(EfficientNet-Lite0, 180x240, 1/10 of the steps, val)")
     left.set_title("(a) CamVid, the paper\n(MobileNetV2, 360x480, test)")
@@ -261,7 +270,9 @@ def plot_cpu_proxy(paper, runs, out_path) -> None:
         axes.set_xlabel("labeled pixels (%)")
         axes.set_ylabel("mIoU (%)")
         axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=7, loc="lower right")
+    left.legend(fontsize=7, loc="lower right")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                 title="filled: seed 0, hollow: seed 1+", title_fontsize=7)
     save_figure(figure, out_path)
 
 
