@@ -74,6 +74,10 @@ class Experiment:
         """The labeled pool before any stage (drawn, or read from data.labeled_split)."""
         return self._initial
 
+    def stage_seed(self, index: int) -> int:
+        """The query stage's seed, the same on every rank: BALD's noisy passes and random's draws."""
+        return self.cfg.seed * 1000 + index
+
     def labeled_pct(self, pool: LabelPool) -> float:
         return 100.0 * pool.labeled_pixel_fraction()
 
@@ -145,7 +149,7 @@ class Experiment:
         human = score and self.cfg.query.oracle == "human"  # the annotator is offered the prediction
         out = pseudo_label_pass(teacher, self.pool_src, todo, self.cfg, self.ctx, amp=self.amp,
                                 out_dir=stage_dir / "pseudo", grid=self.grid if score else None,
-                                strategy=strategy, stage_seed=self.cfg.seed * 1000 + index, keep_maps_for=vis,
+                                strategy=strategy, stage_seed=self.stage_seed(index), keep_maps_for=vis,
                                 prediction_dir=stage_dir / oracle.PREDICTION if human else None)
         out["seconds"] = time.time() - started
         if self.ctx.is_main:
@@ -160,7 +164,7 @@ class Experiment:
         oracle (ground truth, or a human annotator: this may stop the run until the labels are
         there) and count what they hold."""
         q = self.cfg.query
-        new, budget, scores = select_regions(q, self.grid, pool, scored, stage_seed=self.cfg.seed * 1000 + index)
+        new, budget, scores = select_regions(q, self.grid, pool, scored, stage_seed=self.stage_seed(index))
         faults.reached("before_reveal")
         imported = None
         if q.oracle == "human" and new.any():  # nothing selected: nothing to ask anyone

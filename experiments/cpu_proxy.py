@@ -107,9 +107,13 @@ class Seeds:
         return f"{self.mean:.2f} ± {self.spread / 2:.2f} ({self.n} seeds: {', '.join(f'{m:.2f}' for m in self.mious)})"
 
 
+def shared_seeds(before: Seeds, after: Seeds) -> list[int]:
+    return sorted(set(before.by_seed) & set(after.by_seed))
+
+
 def change(before: Seeds, after: Seeds) -> float | None:
     """`after` minus `before`: over the seeds both rows have, else (no seed in common) over all."""
-    common = set(before.by_seed) & set(after.by_seed)
+    common = shared_seeds(before, after)
     if common:
         return statistics.fmean(after.by_seed[s] - before.by_seed[s] for s in common)
     return after.mean - before.mean if before.n and after.n else None
@@ -122,7 +126,7 @@ def verdict(before: Seeds, after: Seeds, paper_sign: int = 1) -> str:
         return "cannot tell (not run)"
     diff = change(before, after)
     spread = max(before.spread, after.spread)
-    paired = sorted(set(before.by_seed) & set(after.by_seed))
+    paired = shared_seeds(before, after)
     per_seed = ", ".join(f"{after.by_seed[s] - before.by_seed[s]:+.2f} (seed {s})" for s in paired)
     per_seed = f"; per seed: {per_seed}" if len(paired) >= 2 else ""
     if abs(diff) <= spread:
